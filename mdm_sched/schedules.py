@@ -1,0 +1,494 @@
+"""Unmasking schedules: how many tokens each model call reveals, hand-picked or provably optimal.
+
+A schedule ``k = (k_1, ..., k_T)`` is a tuple of positive integers summing to the number of generated
+tokens ``N``; ``T`` is the number of model calls (NFE). Builders return :class:`Schedule` objects;
+:func:`optimal` solves the exact dynamic program of THEORY.md section 4 on a non-increasing
+cross-entropy curve ``CE(i)``, ``i = 0..N-1`` (or on an :class:`~mdm_sched.InformationProfile`).
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ._io import atomic_write_json, read_json
+
+__all__ = [
+    "Schedule",
+    "BUILDERS",
+    "build",
+    "constant",
+    "cosine",
+    "geometric",
+    "optimal",
+    "sqrt_rule",
+    "cost",
+    "nll_bound",
+    "predicted_gain",
+    "factorization_error",
+]
+
+_FORMAT = "mdm_sched.schedule"
+_FORMAT_VERSION = 1
+
+
+def _check_int(value: Any, name: str, *, minimum: int | None = None) -> int:
+    """Return ``value`` as an int, refusing floats, bools and anything non-integral."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
+            value = int(value.item())
+        else:
+            raise ValueError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_steps(n_tokens: Any, steps: Any) -> tuple[int, int]:
+    n = _check_int(n_tokens, "n_tokens", minimum=1)
+    t = _check_int(steps, "steps", minimum=1)
+    if t > n:
+        raise ValueError(
+            f"steps={t} exceeds n_tokens={n}: every call must reveal at least one token; use steps <= {n}"
+        )
+    return n, t
+
+
+class Schedule:
+    """Tokens revealed per model call: an immutable tuple of positive integers.
+
+    >>> s = Schedule([2, 3])
+    >>> s.steps, s.n_tokens, s.cumulative
+    (2, 5, (0, 2, 5))
+    """
+
+    __slots__ = ("_sizes", "_name", "_metadata")
+
+    def __init__(self, sizes: Sequence[int] | np.ndarray | torch.Tensor, *, name: str | None = None,
+                 metadata: Mapping[str, Any] | None = None) -> None:
+        if isinstance(sizes, (torch.Tensor, np.ndarray)):
+            if sizes.ndim != 1:
+                raise ValueError(f"sizes must be 1-D, got shape {tuple(sizes.shape)}")
+            sizes = sizes.tolist()
+        if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence):
+            raise ValueError(f"sizes must be a sequence of positive integers, got {type(sizes).__name__}")
+        if len(sizes) == 0:
+            raise ValueError("sizes must contain at least one step")
+        out = []
+        for i, k in enumerate(sizes):
+            k = _check_int(k, f"sizes[{i}]")
+            if k < 1:
+                raise ValueError(f"sizes[{i}] = {k}: every call must reveal at least one token")
+            out.append(k)
+        self._sizes = tuple(out)
+        self._name = name
+        self._metadata = dict(metadata or {})
+
+    # -- read-only views -------------------------------------------------------------------------
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """Tokens revealed at each call, ``(k_1, ..., k_T)``."""
+        return self._sizes
+
+    @property
+    def steps(self) -> int:
+        """Number of model calls ``T``."""
+        return len(self._sizes)
+
+    @property
+    def n_tokens(self) -> int:
+        """Number of tokens the schedule reveals, ``N = sum(k)``."""
+        return sum(self._sizes)
+
+    @property
+    def cumulative(self) -> tuple[int, ...]:
+        """Revealed counts ``(K_0 = 0, K_1, ..., K_T = N)``."""
+        return tuple(int(x) for x in np.concatenate([[0], np.cumsum(self._sizes)]))
+
+    @property
+    def name(self) -> str | None:
+        return self._name
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """A copy of the metadata (builder parameters, provenance)."""
+        return dict(self._metadata)
+
+    @property
+    def max_size(self) -> int:
+        return max(self._sizes)
+
+    def as_tensor(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """Sizes as a LongTensor."""
+        return torch.tensor(self._sizes, dtype=torch.long, device=device)
+
+    def __len__(self) -> int:
+        return len(self._sizes)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._sizes)
+
+    def __getitem__(self, idx: int) -> int:
+        return self._sizes[idx]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Schedule):
+            return self._sizes == other._sizes
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._sizes)
+
+    def __repr__(self) -> str:
+        shown = self._sizes if len(self._sizes) <= 12 else self._sizes[:6] + ("...",) + self._sizes[-3:]
+        name = f"{self._name!r}, " if self._name else ""
+        return f"Schedule({name}steps={self.steps}, n_tokens={self.n_tokens}, sizes={shown})"
+
+    # -- transformations -------------------------------------------------------------------------
+    def rescale(self, n_tokens: int) -> "Schedule":
+        """The same shape (cumulative fractions) for another length; steps are capped at ``n_tokens``."""
+        n = _check_int(n_tokens, "n_tokens", minimum=1)
+        if n == self.n_tokens:
+            return self
+        steps = min(self.steps, n)
+        frac = np.asarray(self.cumulative[1:], dtype=np.float64) / self.n_tokens
+        # Sample the cumulative curve at `steps` evenly spaced call fractions.
+        src = np.linspace(0.0, 1.0, self.steps + 1)[1:]
+        targets = np.interp(np.arange(1, steps + 1) / steps, src, frac)
+        meta = dict(self._metadata, rescaled_from=self.n_tokens)
+        return Schedule(_sizes_from_fractions(targets, n), name=self._name, metadata=meta)
+
+    # -- serialisation ---------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": _FORMAT, "version": _FORMAT_VERSION, "name": self._name,
+                "sizes": list(self._sizes), "steps": self.steps, "n_tokens": self.n_tokens,
+                "metadata": self._metadata}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Schedule":
+        if not isinstance(data, Mapping) or data.get("format") != _FORMAT:
+            raise ValueError("not an mdm_sched schedule: expected a mapping with format='mdm_sched.schedule'")
+        if data.get("version", 0) > _FORMAT_VERSION:
+            raise ValueError(f"schedule format version {data.get('version')} is newer than this library "
+                             f"understands ({_FORMAT_VERSION}); upgrade mdm_sched")
+        sched = cls(data["sizes"], name=data.get("name"), metadata=data.get("metadata"))
+        if "n_tokens" in data and data["n_tokens"] != sched.n_tokens:
+            raise ValueError(f"corrupted schedule: sizes sum to {sched.n_tokens} but n_tokens={data['n_tokens']}")
+        return sched
+
+    def save(self, path: str | Path) -> None:
+        """Write the schedule as JSON (atomically)."""
+        atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Schedule":
+        return cls.from_dict(read_json(path, what="schedule"))
+
+
+# ------------------------------------------------------------------------------------------------
+# Helpers shared by the builders
+# ------------------------------------------------------------------------------------------------
+
+def _sizes_from_fractions(fractions: np.ndarray, n_tokens: int) -> list[int]:
+    """Integer sizes whose cumulative counts follow ``fractions`` (target K_t / N for t = 1..T).
+
+    Rounds the targets, then projects onto the feasible set ``K_{t-1} + 1 <= K_t``, ``K_T = N``.
+    """
+    steps = len(fractions)
+    t = np.arange(1, steps + 1)
+    k_cum = np.rint(np.asarray(fractions, dtype=np.float64) * n_tokens).astype(np.int64)
+    k_cum = np.clip(k_cum, t, n_tokens - (steps - t))  # room for >= 1 token in every call
+    k_cum[-1] = n_tokens
+    k_cum = np.maximum.accumulate(k_cum - t) + t  # strictly increasing, forward pass
+    sizes = np.diff(np.concatenate([[0], k_cum]))
+    assert sizes.min() >= 1 and sizes.sum() == n_tokens
+    return sizes.tolist()
+
+
+def _as_curve(curve_or_profile: Any, n_tokens: int | None, *, argname: str = "curve") -> np.ndarray:
+    """A validated float64 CE curve of length N from an array-like or an InformationProfile."""
+    if hasattr(curve_or_profile, "curve") and callable(curve_or_profile.curve):
+        if n_tokens is None:
+            raise ValueError(f"{argname} is a profile: pass n_tokens= (the generation length) to evaluate its curve")
+        curve = np.asarray(curve_or_profile.curve(_check_int(n_tokens, "n_tokens", minimum=1)), dtype=np.float64)
+    else:
+        if isinstance(curve_or_profile, torch.Tensor):
+            curve_or_profile = curve_or_profile.detach().cpu().double().numpy()
+        try:
+            curve = np.asarray(curve_or_profile, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{argname} must be a 1-D array of cross-entropies or an InformationProfile") from exc
+    if curve.ndim != 1 or curve.size == 0:
+        raise ValueError(f"{argname} must be a non-empty 1-D array (CE(i) for i = 0..N-1), got shape {curve.shape}")
+    if n_tokens is not None and curve.size != n_tokens:
+        raise ValueError(f"{argname} has length {curve.size} but n_tokens={n_tokens}: the curve needs one value per visible count i = 0..n_tokens-1")
+    if not np.all(np.isfinite(curve)):
+        raise ValueError(f"{argname} contains NaN or inf; fit the profile first (InformationProfile.curve)")
+    return curve
+
+
+def _check_nonincreasing(curve: np.ndarray, argname: str = "curve") -> None:
+    rise = np.diff(curve)
+    tol = 1e-9 * max(1.0, float(np.abs(curve).max()))
+    if rise.size and rise.max() > tol:
+        i = int(rise.argmax())
+        raise ValueError(
+            f"{argname} must be non-increasing (CE can only drop as more tokens are visible) but "
+            f"CE({i + 1}) - CE({i}) = {rise[i]:.3g} > 0; fit it with mdm_sched.profile.isotonic_nonincreasing "
+            "or use an InformationProfile, whose curve() is fitted"
+        )
+
+
+def _check_schedule_for(curve: np.ndarray, schedule: Schedule | Sequence[int]) -> Schedule:
+    sched = schedule if isinstance(schedule, Schedule) else Schedule(schedule)
+    if sched.n_tokens != curve.size:
+        raise ValueError(f"schedule reveals {sched.n_tokens} tokens but the curve has length {curve.size}; "
+                         "use a schedule built for this length (or Schedule.rescale)")
+    return sched
+
+
+# ------------------------------------------------------------------------------------------------
+# Hand-picked builders
+# ------------------------------------------------------------------------------------------------
+
+def constant(n_tokens: int, steps: int) -> Schedule:
+    """Even split, sizes differ by at most one, remainder first (LLaDA's per-step quota)."""
+    n, t = _check_steps(n_tokens, steps)
+    base, rem = divmod(n, t)
+    return Schedule([base + 1] * rem + [base] * (t - rem), name="constant", metadata={"builder": "constant"})
+
+
+def cosine(n_tokens: int, steps: int) -> Schedule:
+    """MaskGIT's cosine schedule: the masked fraction after a fraction ``s`` of the calls is ``cos(pi/2 s)``."""
+    n, t = _check_steps(n_tokens, steps)
+    s = np.arange(1, t + 1) / t
+    revealed = 1.0 - np.cos(0.5 * np.pi * s)
+    return Schedule(_sizes_from_fractions(revealed, n), name="cosine", metadata={"builder": "cosine"})
+
+
+def _geometric_path(n: int, t: int, eps: float) -> np.ndarray:
+    """Cumulative counts of the fastest path with ``k_s - 1 <= eps (K_{s-1} + 1)`` that keeps room for later calls."""
+    k_cum = np.empty(t, dtype=np.int64)
+    prev = 0
+    for s in range(t):
+        cap = prev + 1 + math.floor(eps * (prev + 1) + 1e-12)
+        prev = min(cap, n - (t - 1 - s))
+        k_cum[s] = prev
+    return k_cum
+
+
+def geometric(n_tokens: int, steps: int, kind: str = "dtc") -> Schedule:
+    """Geometric schedule with the smallest ``eps`` that fits ``steps`` calls (THEORY.md section 4).
+
+    ``kind="dtc"``: the revealed count grows geometrically, ``k_t - 1 <= eps (K_{t-1} + 1)``, so
+    ``E_fact <= eps * DTC``. ``kind="tc"``: the masked count shrinks geometrically,
+    ``k_t - 1 <= eps (N - K_t + 1)``, so ``E_fact <= eps * TC``. ``eps`` is stored in the metadata.
+    """
+    n, t = _check_steps(n_tokens, steps)
+    if kind not in ("dtc", "tc"):
+        raise ValueError(f"kind must be 'dtc' (revealed count grows) or 'tc' (masked count shrinks), got {kind!r}")
+    lo, hi = 0.0, float(n)
+    if _geometric_path(n, t, lo)[-1] >= n:
+        hi = 0.0
+    for _ in range(200):  # bisection on eps: the path is monotone in eps
+        if hi - lo <= 1e-12 * max(1.0, hi):
+            break
+        mid = 0.5 * (lo + hi)
+        if _geometric_path(n, t, mid)[-1] >= n:
+            hi = mid
+        else:
+            lo = mid
+    sizes = np.diff(np.concatenate([[0], _geometric_path(n, t, hi)]))
+    if kind == "tc":  # time reversal maps one condition onto the other
+        sizes = sizes[::-1]
+    return Schedule(sizes.tolist(), name=f"geometric_{kind}" if kind == "tc" else "geometric",
+                    metadata={"builder": "geometric", "kind": kind, "eps": hi})
+
+
+# ------------------------------------------------------------------------------------------------
+# The exact optimum (THEORY.md section 4)
+# ------------------------------------------------------------------------------------------------
+
+def _dp_layer(d_prev: np.ndarray, curve: np.ndarray, prefix: np.ndarray, cols: np.ndarray,
+              row_lo: np.ndarray, row_hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``min_a d_prev[a] + C(a, b)`` for each column ``b`` in ``cols`` over rows ``row_lo[b] <= a <= row_hi[b]``.
+
+    ``C(a, b) = (b - a) CE(a) - sum_{a <= i < b} CE(i)`` is a Monge array when CE is non-increasing
+    (C(a,b) + C(a',b') - C(a,b') - C(a',b) = (b'-b)(CE(a') - CE(a)) <= 0), so the largest argmin is
+    non-decreasing in b and divide and conquer over columns needs O(N log N) work per layer.
+    All subproblems of one recursion depth are evaluated in a single vectorised numpy pass.
+    """
+    ncol = cols.size
+    best = np.empty(ncol)
+    arg = np.empty(ncol, dtype=np.int64)
+    # Segments of columns [c_lo, c_hi) (indices into cols) with a row window [r_lo, r_hi].
+    c_lo = np.array([0]); c_hi = np.array([ncol])
+    r_lo = np.array([row_lo[0]]); r_hi = np.array([row_hi[-1]])
+    while c_lo.size:
+        mid = (c_lo + c_hi) // 2
+        b = cols[mid]
+        lo = np.maximum(r_lo, row_lo[mid])
+        hi = np.minimum(r_hi, row_hi[mid])
+        length = hi - lo + 1
+        starts = np.concatenate([[0], np.cumsum(length)[:-1]])
+        seg = np.repeat(np.arange(mid.size), length)
+        offset = np.arange(seg.size) - starts[seg]
+        a = lo[seg] + offset
+        bb = b[seg]
+        vals = d_prev[a] + (bb - a) * curve[a] - (prefix[bb] - prefix[a])
+        seg_min = np.minimum.reduceat(vals, starts)
+        # largest argmin per segment (ties broken the same way everywhere keeps the argmin monotone)
+        last = np.maximum.reduceat(np.where(vals == seg_min[seg], offset, -1), starts)
+        best[mid] = seg_min
+        arg[mid] = lo + last
+        # children: left half keeps rows up to the argmin, right half starts from it
+        left = c_lo < mid
+        right = mid + 1 < c_hi
+        c_lo, c_hi, r_lo, r_hi = (
+            np.concatenate([c_lo[left], (mid + 1)[right]]),
+            np.concatenate([mid[left], c_hi[right]]),
+            np.concatenate([r_lo[left], arg[mid][right]]),
+            np.concatenate([arg[mid][left], r_hi[right]]),
+        )
+    return best, arg
+
+
+def optimal(curve_or_profile: Any, steps: int, max_tokens_per_step: int | None = None, *,
+            n_tokens: int | None = None) -> Schedule:
+    """The schedule with ``steps`` calls that minimises the cost ``J`` (hence the held-out bound) exactly.
+
+    Args:
+        curve_or_profile: non-increasing CE curve ``CE(0..N-1)`` (array-like), or an
+            :class:`~mdm_sched.InformationProfile` together with ``n_tokens``.
+        steps: number of model calls ``T`` (1 <= T <= N).
+        max_tokens_per_step: optional cap on tokens revealed per call.
+        n_tokens: generation length; required for a profile, checked against a curve.
+    """
+    curve = _as_curve(curve_or_profile, n_tokens, argname="curve_or_profile")
+    _check_nonincreasing(curve, "curve_or_profile")
+    n, t = _check_steps(curve.size, steps)
+    cap = n if max_tokens_per_step is None else _check_int(max_tokens_per_step, "max_tokens_per_step", minimum=1)
+    if cap * t < n:
+        raise ValueError(f"max_tokens_per_step={cap} with steps={t} can reveal at most {cap * t} < n_tokens={n} "
+                         f"tokens; raise max_tokens_per_step to >= {math.ceil(n / t)} or use more steps")
+    cap = min(cap, n)
+    prefix = np.concatenate([[0.0], np.cumsum(curve)])
+    d_prev = np.full(n + 1, np.inf)
+    d_prev[0] = 0.0
+    back = []
+    prev_lo, prev_hi = 0, 0  # reachable revealed counts after t-1 calls
+    for s in range(1, t + 1):
+        b_lo = max(s, n - (t - s) * cap)
+        b_hi = min(n - (t - s), s * cap)
+        cols = np.arange(b_lo, b_hi + 1)
+        row_lo = np.maximum(prev_lo, cols - cap)
+        row_hi = np.minimum(prev_hi, cols - 1)
+        best, arg = _dp_layer(d_prev, curve, prefix, cols, row_lo, row_hi)
+        d_prev = np.full(n + 1, np.inf)
+        d_prev[cols] = best
+        parent = np.full(n + 1, -1, dtype=np.int64)
+        parent[cols] = arg
+        back.append(parent)
+        prev_lo, prev_hi = b_lo, b_hi
+    k_cum = [n]
+    for parent in reversed(back):
+        k_cum.append(int(parent[k_cum[-1]]))
+    k_cum = k_cum[::-1]
+    sizes = np.diff(k_cum)
+    meta = {"builder": "optimal", "cost": float(d_prev[n]), "max_tokens_per_step": max_tokens_per_step}
+    if hasattr(curve_or_profile, "curve"):
+        meta["profile"] = getattr(curve_or_profile, "description", None)
+    return Schedule(sizes.tolist(), name="optimal", metadata=meta)
+
+
+def sqrt_rule(curve_or_profile: Any, steps: int, *, n_tokens: int | None = None) -> Schedule:
+    """Closed-form approximation of the optimum: equal square-root-information mass per call.
+
+    The continuum minimiser reveals ``int_0^x sqrt(F'(u)) du = s G`` after a fraction ``s`` of the calls
+    (THEORY.md section 4), i.e. small steps where information arrives fast. It assumes the profile's
+    slope is nearly constant within each call, so it is within ~1% of :func:`optimal` once T resolves the
+    profile's curvature (N = 2000, T >= 50 on smooth profiles) and a few % off for very small T.
+    """
+    curve = _as_curve(curve_or_profile, n_tokens, argname="curve_or_profile")
+    _check_nonincreasing(curve, "curve_or_profile")
+    n, t = _check_steps(curve.size, steps)
+    # F' at the midpoint of [i, i+1] is the drop CE(i) - CE(i+1); position N-1 has no successor.
+    density = np.sqrt(np.clip(-np.diff(curve), 0.0, None))
+    if n < 3 or density.sum() <= 0:
+        sched = constant(n, t)
+        return Schedule(sched.sizes, name="sqrt", metadata={"builder": "sqrt", "fallback": "constant (flat profile)"})
+    # cumulative mass at knots 0.5, 1.5, ..., N-1.5 plus the ends 0 and N
+    knots = np.concatenate([[0.0], np.arange(n - 1) + 0.5, [float(n)]])
+    mass = np.concatenate([[0.0], np.cumsum(density) - 0.5 * density, [density.sum()]])
+    mass = np.maximum.accumulate(mass)
+    targets = np.arange(1, t + 1) / t * mass[-1]
+    # invert the non-decreasing cumulative mass (flat stretches map to their right end)
+    idx = np.searchsorted(mass, targets, side="left").clip(1, len(mass) - 1)
+    m0, m1 = mass[idx - 1], mass[idx]
+    w = np.where(m1 > m0, (targets - m0) / np.where(m1 > m0, m1 - m0, 1.0), 1.0)
+    x = knots[idx - 1] + w * (knots[idx] - knots[idx - 1])
+    return Schedule(_sizes_from_fractions(x / n, n), name="sqrt", metadata={"builder": "sqrt"})
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluating a schedule on a curve
+# ------------------------------------------------------------------------------------------------
+
+def cost(curve: Any, schedule: Schedule | Sequence[int]) -> float:
+    """``J(k) = sum_t sum_{K_{t-1} <= i < K_t} [CE(K_{t-1}) - CE(i)]``: the part of the bound the schedule controls."""
+    c = _as_curve(curve, None)
+    sched = _check_schedule_for(c, schedule)
+    k_cum = np.asarray(sched.cumulative)
+    prefix = np.concatenate([[0.0], np.cumsum(c)])
+    a, b = k_cum[:-1], k_cum[1:]
+    return float(np.sum((b - a) * c[a] - (prefix[b] - prefix[a])))
+
+
+def factorization_error(curve: Any, schedule: Schedule | Sequence[int]) -> float:
+    """``E_fact`` when ``curve`` is the data's entropy profile ``g`` (then ``J = E_fact``), same formula as :func:`cost`."""
+    return cost(curve, schedule)
+
+
+def nll_bound(curve: Any, schedule: Schedule | Sequence[int]) -> float:
+    """Held-out bound ``NLL_T(k) = (1/N) sum_t k_t CE(K_{t-1})`` in nats per token."""
+    c = _as_curve(curve, None)
+    sched = _check_schedule_for(c, schedule)
+    k_cum = np.asarray(sched.cumulative)
+    return float(np.sum(np.asarray(sched.sizes) * c[k_cum[:-1]]) / c.size)
+
+
+def predicted_gain(curve: Any, steps: int, *, n_tokens: int | None = None) -> float:
+    """``J(constant) / J(optimal)`` for ``steps`` calls: how much the optimum shrinks the schedule's cost."""
+    c = _as_curve(curve, n_tokens)
+    j_const = cost(c, constant(c.size, steps))
+    j_opt = cost(c, optimal(c, steps))
+    if j_opt <= 0.0:
+        return 1.0 if j_const <= 0.0 else math.inf
+    return j_const / j_opt
+
+
+BUILDERS = ("constant", "linear", "cosine", "geometric", "geometric_tc", "optimal", "sqrt")
+
+
+def build(name: str, n_tokens: int, steps: int, curve_or_profile: Any = None) -> Schedule:
+    """Build a schedule by name (one of :data:`BUILDERS`); optimal and sqrt need a curve or profile."""
+    if name in ("constant", "linear"):
+        return constant(n_tokens, steps)
+    if name == "cosine":
+        return cosine(n_tokens, steps)
+    if name in ("geometric", "geometric_dtc"):
+        return geometric(n_tokens, steps, "dtc")
+    if name == "geometric_tc":
+        return geometric(n_tokens, steps, "tc")
+    if name in ("optimal", "sqrt"):
+        if curve_or_profile is None:
+            raise ValueError(f"schedule {name!r} needs a CE curve or an InformationProfile "
+                             "(estimate one with ms.estimate_profile)")
+        fn = optimal if name == "optimal" else sqrt_rule
+        return fn(curve_or_profile, steps, n_tokens=n_tokens)
+    raise ValueError(f"unknown schedule name {name!r}; choose one of {', '.join(BUILDERS)}")
