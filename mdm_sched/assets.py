@@ -117,7 +117,7 @@ def resolve(name: str, *, cache_dir: str | os.PathLike | None = None) -> Path:
         raise ValueError(f"resolve(name={name!r}): unknown built-in model; valid names: "
                          f"{', '.join(BUILTIN_MODELS)}")
     sources = _source_files(name)
-    root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
+    root = (Path(cache_dir).expanduser() if cache_dir is not None else cache_root()).absolute()
     final = root / name / _version_key(name, sources)
     if (final / METADATA_FILE).is_file():
         return final  # fast path: nothing but a stat
@@ -200,6 +200,9 @@ def _build_atomically(final: Path, build: Callable[[Path], None]) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(final.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private (0700); the final directory should not be
     try:
         build(tmp)
         if final.exists() and not (final / METADATA_FILE).is_file():

