@@ -538,7 +538,7 @@ class MaskedLM:
                 head.forward = original
             else:
                 del head.forward
-        hidden = store[-1] if len(store) == 1 else None
+        hidden = store[-1] if len(store) == 1 else None  # a head called twice is not a plain head
         return hidden, (logits if full else None)
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -579,8 +579,8 @@ class MaskedLM:
             model_ids, model_attn, position_ids, index = self._layout(ids, attn)
             out = self._select_logits(model_ids, model_attn, position_ids, index, positions)
             out = out.float()
-            bad = torch.isnan(out) | (out == float("inf"))
-            if bool(bad.any()):
+            peak = out.amax(dim=-1)  # NaN and +inf propagate through max: no [P, V] boolean temporaries
+            if bool((torch.isnan(peak) | (peak == float("inf"))).any()):
                 raise ValueError(f"model {self.name_or_path or type(self.model).__name__} returned NaN or +inf logits "
                                  f"(dtype {self.dtype}); run it in float32 (load_masked_lm(..., dtype=torch.float32)) "
                                  "or check its weights")
@@ -592,47 +592,58 @@ class MaskedLM:
                        position_ids: torch.Tensor | None, index: torch.Tensor,
                        positions: torch.Tensor | None) -> torch.Tensor:
         """Model-dtype logits at the requested content positions (``[P, V]``) or everywhere (``[B, L, V]``)."""
-        if positions is None or not self._heads:
+        if positions is not None and self._heads and not self._head_verified:
+            self._check_heads(model_ids, model_attn)
+        if positions is None or not self._head_verified:
             full = self._raw_forward(model_ids, model_attn, position_ids)
             if positions is None:
                 return full.gather(1, index.unsqueeze(-1).expand(-1, -1, full.shape[-1]))
             rows, cols = positions.nonzero(as_tuple=True)
             return full[rows, index[rows, cols]]
         rows, cols = positions.nonzero(as_tuple=True)
-        mcols = index[rows, cols]
         head = self._heads[0]
-        if self._head_verified:
-            hidden, _ = self._forward_capturing(head, model_ids, model_attn, position_ids, full=False)
-            return head(hidden[rows, mcols])
-        # First use of this head: one forward that both captures the hidden states and computes the full
-        # logits, so the check costs no extra model call.
-        try:
-            hidden, full = self._forward_capturing(head, model_ids, model_attn, position_ids, full=True)
-        except Exception:
-            hidden, full = None, None
-        if full is None:
-            self._reject_head()
-            return self._raw_forward(model_ids, model_attn, position_ids)[rows, mcols]
-        want = full[rows, mcols]
-        if bool((torch.isnan(want) | (want == float("inf"))).any()):
-            return want  # undecidable on broken logits; logits() raises on them
-        if self._head_matches(head, hidden, rows, mcols, want, full.shape[:2]):
-            self._head_verified = True
-        else:
-            self._reject_head()
-        return want
+        hidden, _ = self._forward_capturing(head, model_ids, model_attn, position_ids, full=False)
+        if hidden is None:
+            raise RuntimeError(f"{type(self.model).__name__}: the LM head was not called during the forward; "
+                               "wrap(..., positions_only=False)")
+        return head(hidden[rows, index[rows, cols]])
+
+    def _check_heads(self, model_ids: torch.Tensor, model_attn: torch.Tensor | None) -> None:
+        """Pick the first candidate head whose output at selected rows equals the model's own logits.
+
+        Checked once, on a short probe (the first tokens of the longest row, at most 16), so the check
+        never builds the large ``[B, L, V]`` tensor the shortcut exists to avoid.
+        """
+        counts = (model_attn.sum(1) if model_attn is not None
+                  else torch.full((model_ids.shape[0],), model_ids.shape[1], device=model_ids.device))
+        row = int(counts.argmax())
+        valid = model_ids[row] if model_attn is None else model_ids[row][model_attn[row].bool()]
+        probe = valid[:16].unsqueeze(0)
+        while self._heads:
+            head = self._heads[0]
+            try:
+                hidden, full = self._forward_capturing(head, probe, None, None, full=True)
+            except Exception:
+                hidden, full = None, None
+            if full is not None and bool((torch.isnan(full) | (full == float("inf"))).any()):
+                return  # undecidable on broken logits; the caller's full path raises on them
+            if full is not None and self._head_matches(head, hidden, full):
+                self._head_verified = True
+                return
+            self._heads.pop(0)
+        warnings.warn(f"{type(self.model).__name__}: could not apply the LM head at selected positions only; "
+                      "using full logits (same results, more memory)", stacklevel=4)
 
     @staticmethod
-    def _head_matches(head: nn.Module, hidden: torch.Tensor | None, rows: torch.Tensor, mcols: torch.Tensor,
-                      want: torch.Tensor, shape: torch.Size) -> bool:
-        """Does ``head(hidden)`` at the selected rows reproduce the model's own logits there?"""
-        if hidden is None or hidden.shape[:2] != shape:
+    def _head_matches(head: nn.Module, hidden: torch.Tensor | None, full: torch.Tensor) -> bool:
+        """Does ``head(hidden)`` row by row reproduce the model's own logits ``full`` ``[1, n, V]``?"""
+        if hidden is None or hidden.shape[:2] != full.shape[:2]:
             return False
         try:
-            got = head(hidden[rows, mcols]).float()
+            got = head(hidden[0]).float()
         except Exception:
             return False
-        want = want.float()
+        want = full[0].float()
         if got.shape != want.shape:
             return False
         fin = torch.isfinite(want)
@@ -643,12 +654,6 @@ class MaskedLM:
         tol = 1e-4 if hidden.dtype in (torch.float32, torch.float64) else 3e-2  # half precision GEMMs differ more
         scale = float(want[fin].abs().max())
         return float((got[fin] - want[fin]).abs().max()) <= tol * (1.0 + scale)
-
-    def _reject_head(self) -> None:
-        self._heads.pop(0)
-        if not self._heads:
-            warnings.warn(f"{type(self.model).__name__}: could not apply the LM head at selected positions only; "
-                          "using full logits (same results, more memory)", stacklevel=4)
 
 
 # --------------------------------------------------------------------------------------------------

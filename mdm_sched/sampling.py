@@ -22,14 +22,16 @@ Rules (documented once, here):
   after it becomes EOS; positions before it are still generated. A call in which no row has anything
   to reveal is skipped, so a batch whose rows are all finished makes no more model calls.
 * **Sampling.** Logits in float32 with the never-sampled tokens at ``-inf``; temperature, then top-k,
-  then top-p; Gumbel-max in float64 on the rows being sampled; temperature 0 is greedy. All randomness
+  then top-p; an exact float64 draw (inverse CDF: one uniform per row) only on the rows being sampled
+  (the revealed positions for ``order="random"``, the block's masked positions for the other orders,
+  which need a sampled token to score); temperature 0 is greedy. All randomness
   comes from ``generator`` (drawn on its device and moved), so a CPU generator drives a CUDA model.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -194,43 +196,76 @@ def _top_k_per_row(scores: torch.Tensor, k_row: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(scores, dtype=torch.bool).scatter_(1, idx, keep)
 
 
-def _sample_tokens(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
-                   generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Draw one token per row of ``logits [P, V]``.
+#: Rows of ``[P, V]`` logits processed at once when sampling: bounds the float64 temporaries
+#: (8 bytes x this many elements each) for large vocabularies and many candidate positions.
+SAMPLE_CHUNK_ELEMENTS = 1 << 22
 
-    Returns ``(tokens [P], log p(token) under the temperature-1 model [P], log-probs [P, V])``.
-    """
-    logp = torch.log_softmax(logits, dim=-1)
-    if bool((logits.amax(dim=-1) == float("-inf")).any()):
+
+def _sample_chunk(logits: torch.Tensor, order: str, temperature: float, top_k: int | None, top_p: float | None,
+                  generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Tokens, their temperature-1 log-probabilities and the order score for a chunk of rows ``[p, V]``."""
+    peak = logits.amax(dim=-1, keepdim=True)
+    if bool((peak == float("-inf")).any()):
         raise ValueError("every token is suppressed at some position (all logits -inf): loosen allowed_tokens / "
                          "suppress_tokens")
+    plain = temperature == 1.0 and top_k is None and (top_p is None or top_p >= 1.0)
+    lse = None
     if temperature == 0.0:
         tokens = logits.argmax(dim=-1)
     else:
-        z = logits / temperature if temperature != 1.0 else logits
-        if top_k is not None and top_k < z.shape[-1]:
-            kth = z.topk(top_k, dim=-1).values[:, -1:]
-            z = z.masked_fill(z < kth, float("-inf"))
-        if top_p is not None and top_p < 1.0:
-            sorted_z, order = z.sort(dim=-1, descending=True)
-            probs = torch.softmax(sorted_z, dim=-1)
-            # drop a token once the mass strictly before it already reaches top_p (the top token always stays)
-            drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p
-            z = z.masked_fill(torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted), float("-inf"))
-        gumbel = -torch.log(-torch.log(_noise(tuple(z.shape), generator, z.device)))
-        tokens = (z.double() + gumbel).argmax(dim=-1)
-    return tokens, logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), logp
-
-
-def _order_scores(order: str, token_logp: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
-    """Higher = reveal first."""
-    if order == "confidence":
-        return token_logp  # monotone in the probability of the sampled token
+        z, z_peak = logits, peak
+        if not plain:
+            z = logits / temperature
+            if top_k is not None and top_k < z.shape[-1]:
+                kth = z.topk(top_k, dim=-1).values[:, -1:]
+                z = z.masked_fill(z < kth, float("-inf"))
+            if top_p is not None and top_p < 1.0:
+                sorted_z, perm = z.sort(dim=-1, descending=True)
+                probs = torch.softmax(sorted_z, dim=-1)
+                # drop a token once the mass strictly before it already reaches top_p (the top token stays)
+                drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p
+                z = z.masked_fill(torch.zeros_like(drop_sorted).scatter_(-1, perm, drop_sorted), float("-inf"))
+            z_peak = z.amax(dim=-1, keepdim=True)
+        # Exact categorical draw in float64 by inversion: one uniform per row instead of V Gumbel variates
+        # (the same law as Gumbel-max with a fraction of the random numbers). In place: one float64 buffer.
+        cdf = z.double().sub_(z_peak).exp_().cumsum_(dim=-1)
+        total = cdf[:, -1:]
+        u = _noise((z.shape[0], 1), generator, z.device).mul_(total)
+        tokens = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=z.shape[-1] - 1)
+        if plain:  # the normaliser comes for free: log sum exp = peak + log(cdf[-1])
+            lse = (peak.double() + total.log()).float()
+        del cdf
+    if lse is None:
+        lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+    token_logp = (logits.gather(-1, tokens.unsqueeze(-1)) - lse).squeeze(-1)
     if order == "margin":
-        top = logp.topk(min(2, logp.shape[-1]), dim=-1).values.exp()
-        return top[:, 0] - (top[:, 1] if top.shape[1] > 1 else 0.0)
-    p = logp.exp()
-    return torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)  # minus the entropy
+        top = (logits.topk(min(2, logits.shape[-1]), dim=-1).values - lse).exp()
+        score = top[:, 0] - top[:, 1] if top.shape[1] > 1 else top[:, 0]
+    elif order == "entropy":
+        logp = logits - lse
+        score = torch.where(logp > float("-inf"), logp.exp() * logp, torch.zeros_like(logp)).sum(-1)  # -H
+    elif order == "confidence":
+        score = token_logp  # monotone in the probability of the sampled token
+    else:
+        score = None
+    return tokens, token_logp, score
+
+
+def _sample_tokens(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
+                   generator: torch.Generator | None, order: str = "random",
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Draw one token per row of ``logits [P, V]`` (suppressed ids at ``-inf``), in chunks of rows.
+
+    Returns ``(tokens [P], log p(token) under the temperature-1 model [P], order score [P] or None)``;
+    a higher score reveals first.
+    """
+    rows = max(1, SAMPLE_CHUNK_ELEMENTS // max(1, logits.shape[-1]))
+    parts = [_sample_chunk(logits[i:i + rows], order, temperature, top_k, top_p, generator)
+             for i in range(0, logits.shape[0], rows)]
+    if len(parts) == 1:
+        return parts[0]
+    score = None if parts[0][2] is None else torch.cat([p[2] for p in parts])
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), score
 
 
 # --------------------------------------------------------------------------------------------------
@@ -370,11 +405,13 @@ def _generate(mlm: MaskedLM, prompts: Any, *, gen_length: int, schedule: Any, nu
                 select = _top_k_per_row(scores, k_row)
                 logits = mlm.logits(x, attn, positions=select)
                 tokens, tok_lp, _ = _sample_tokens(logits, temperature, top_k, top_p, generator)
+                del logits
             else:
                 logits = mlm.logits(x, attn, positions=cand)
-                tokens, tok_lp, logp = _sample_tokens(logits, temperature, top_k, top_p, generator)
+                tokens, tok_lp, score = _sample_tokens(logits, temperature, top_k, top_p, generator, order)
+                del logits  # free [P, V] before the next call builds its own
                 scores = torch.full((b, length), float("-inf"), dtype=torch.float32, device=device)
-                scores[cand] = _order_scores(order, tok_lp, logp).float()
+                scores[cand] = score.float()
                 select = _top_k_per_row(scores, k_row)
                 keep = select[cand]  # row-major order of cand matches that of select
                 tokens, tok_lp = tokens[keep], tok_lp[keep]
