@@ -1,4 +1,4 @@
-"""Test-wide settings: everything offline, caches in a session temp dir, deterministic torch."""
+"""Test-wide settings: everything offline, converted models in a per-run temp cache, two torch threads."""
 from __future__ import annotations
 
 import os
@@ -7,6 +7,12 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Converted models go to a fresh per-run cache (unless the caller chose one), so the suite never
+# depends on what an earlier run or the user left in ~/.cache/mdm_sched; conversion costs ~7 s.
+if "MDM_SCHED_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["MDM_SCHED_CACHE"] = tempfile.mkdtemp(prefix="mdm_sched_test_cache_")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
