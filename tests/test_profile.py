@@ -212,11 +212,11 @@ def test_interrupt_and_resume_gives_identical_profile(chain, tmp_path, monkeypat
         estimate_profile(chain, data, checkpoint=ckpt, **kw)
 
 
-def _dist_run():
+def _dist_run(accelerator=None):
     o = MarkovChainOracle.random(4, 16, seed=3)
     data = o.sample(200, torch.Generator().manual_seed(1))
     return estimate_profile(o, data, levels=5, batch_size=16, tokens_per_level=400, progress=False,
-                            checkpoint_every=2)
+                            checkpoint_every=2, accelerator=accelerator)
 
 
 _DIST_SCRIPT = """
@@ -224,20 +224,33 @@ import sys, torch
 sys.path.insert(0, {here!r})
 from test_profile import _dist_run
 torch.set_num_threads(1)
-p = _dist_run()
+if sys.argv[2] == "accelerate":
+    from accelerate import Accelerator
+    acc = Accelerator(cpu=True)  # gloo process group across the launched CPU processes
+    assert acc.num_processes == 2, acc.num_processes
+    p = _dist_run(acc)
+else:
+    p = _dist_run()
 import torch.distributed as dist
 if dist.get_rank() == 0:
     p.save(sys.argv[1])
 """
 
 
-def test_two_processes_equal_one(tmp_path):
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_two_processes_equal_one(tmp_path, launcher):
     script = tmp_path / "run.py"
     script.write_text(_DIST_SCRIPT.format(here=str(Path(__file__).parent)))
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
     two = tmp_path / "two.json"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
-    res = subprocess.run(torchrun + [str(script), str(two)], env=env, timeout=180, capture_output=True, text=True)
+    if launcher == "torchrun":
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
+    else:
+        # accelerate's CPU multi-process path: its torchrun-based launcher plus Accelerator(cpu=True)
+        # (`--cpu --num_processes 2` would need MPI in accelerate 1.x)
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29532"]
+    res = subprocess.run(cmd + [str(script), str(two), launcher], env=env, timeout=180, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     a, b = _dist_run(), InformationProfile.load(two)
     assert b.metadata["processes"] == 2 and a.metadata["processes"] == 1
