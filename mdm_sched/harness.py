@@ -390,7 +390,8 @@ def run_eval(cfg: EvalConfig, out_dir: str | Path, *, log: Callable[[str], None]
     results["sensitivity"], results["references"] = sens, refs
     # calls saved
     t_ref = cfg.reference_budget or sorted(cfg.budgets)[len(cfg.budgets) // 2]
-    results["calls_saved"] = _calls_saved(rows, cfg, t_ref) if "constant" in cfg.schedules else []
+    results["calls_saved"] = (_calls_saved(rows, cfg, t_ref, results["sensitivity"])
+                              if "constant" in cfg.schedules else [])
     results["findings"] = _findings(rows, cfg, results)
     results["confidence_notes"] = _confidence_notes(rows, cfg)
     results["caveats"] = ["Antibody language models saw near-germline sequences in training: the germline "
@@ -407,14 +408,22 @@ def run_eval(cfg: EvalConfig, out_dir: str | Path, *, log: Callable[[str], None]
     return results
 
 
-def _calls_saved(rows: list[dict[str, Any]], cfg: EvalConfig, t_ref: int) -> list[dict[str, Any]]:
+def _calls_saved(rows: list[dict[str, Any]], cfg: EvalConfig, t_ref: int,
+                 sensitivity: dict[str, Any]) -> list[dict[str, Any]]:
+    """Calls each schedule needs to match constant's quality at ``t_ref``, on monotone fits of each curve.
+
+    Metrics that failed the sensitivity check are left out: they cannot rank schedules at all.
+    """
     out = []
     for metric, (label, lower, _) in report.METRICS.items():
-        sel = [r for r in rows if r["metric"] == metric and r["order"] == "random"]
-        ref = [r for r in sel if r["schedule"] == "constant" and r["T"] == t_ref]
-        if not ref:
+        if metric in sensitivity and not sensitivity[metric]["sensitive"]:
             continue
-        target = ref[0]["value"]
+        sel = [r for r in rows if r["metric"] == metric and r["order"] == "random"]
+        const = sorted((r["T"], r["value"]) for r in sel if r["schedule"] == "constant")
+        if t_ref not in [c[0] for c in const]:
+            continue
+        fitted = report.monotone_in_calls([c[1] for c in const], lower)
+        target = float(fitted[[c[0] for c in const].index(t_ref)])
         for name in cfg.schedules:
             pts = sorted((r["T"], r["value"]) for r in sel if r["schedule"] == name)
             if not pts:

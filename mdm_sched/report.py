@@ -45,9 +45,21 @@ def verdict(diff: float, se: float, lower_is_better: bool, z: float = 2.0) -> st
     return "win" if better else "lose"
 
 
+def monotone_in_calls(values: Sequence[float], lower_is_better: bool) -> np.ndarray:
+    """Least-squares fit of a metric that can only improve with more calls (isotonic in T).
+
+    Sample-side metrics are noisy; without this a lucky small budget makes "calls to match" jump.
+    """
+    from .profile import isotonic_nonincreasing
+
+    v = np.asarray(values, dtype=np.float64)
+    return isotonic_nonincreasing(v) if lower_is_better else -isotonic_nonincreasing(-v)
+
+
 def calls_to_match(budgets: Sequence[float], values: Sequence[float], target: float, lower_is_better: bool) -> float:
     """The (linearly interpolated) number of calls at which a metric curve first reaches ``target``.
 
+    The curve is first made monotone in the number of calls (:func:`monotone_in_calls`).
     Returns ``-inf`` when the curve is already at least as good as ``target`` at its smallest budget
     (report "<= min budget"), ``inf`` when it never reaches it, NaN with no finite values.
     """
@@ -58,8 +70,8 @@ def calls_to_match(budgets: Sequence[float], values: Sequence[float], target: fl
     if t.size == 0 or not np.isfinite(target):
         return float("nan")
     order = np.argsort(t)
-    t, v = t[order], v[order]
-    good = (v <= target) if lower_is_better else (v >= target)
+    t, v = t[order], monotone_in_calls(v[order], lower_is_better)
+    good = (v <= target + 1e-12) if lower_is_better else (v >= target - 1e-12)
     if good[0]:
         return float("-inf")
     for i in range(1, t.size):
@@ -268,7 +280,10 @@ def render_markdown(results: Mapping[str, Any]) -> str:
                  _fmt(r["constant_value"]), r["calls_text"], r["saved_text"]] for r in saved]
         out += ["", "## Calls saved", "",
                 "Budget at which each schedule matches the constant schedule's quality at the reference budget "
-                "(linear interpolation between measured budgets; point estimates, see the error bars above).", "",
+                "(each curve first fitted to be monotone in the number of calls, then interpolated linearly between "
+                "measured budgets; point estimates, see the error bars above; metrics that failed the sensitivity "
+                "check are left out). Where the constant schedule seems to \"save\" calls against itself, the metric's "
+                "fitted curve is flat there: it cannot resolve budgets that close, and neither can the other rows.", "",
                 markdown_table(["metric", "schedule", "reference T", "constant's value", "calls to match",
                                 "calls saved"], body)]
     theory = results.get("theory")

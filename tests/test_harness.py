@@ -135,3 +135,17 @@ def test_quick_demo_runs(tmp_path, capsys):
     assert harness.demo_command(args) == 0
     out = capsys.readouterr().out
     assert "optimal vs constant" in out and (tmp_path / "report.md").is_file()
+
+
+def test_calls_to_match_uses_a_monotone_fit():
+    from mdm_sched import report
+
+    # a noisy dip at T=4 must not make the curve "match" before it really does
+    t = [2, 4, 8, 16]
+    noisy = [1.0, 0.5, 0.7, 0.4]
+    # monotone fit [1.0, 0.6, 0.6, 0.4]: 0.55 is reached between T=8 and T=16 (raw data would say 3.8)
+    assert report.calls_to_match(t, noisy, 0.55, lower_is_better=True) == pytest.approx(10.0)
+    assert report.calls_to_match(t, [1.0, 0.8, 0.6, 0.4], 0.7, lower_is_better=True) == pytest.approx(6.0)
+    assert report.calls_to_match(t, [0.1, 0.2, 0.3, 0.4], 0.25, lower_is_better=False) == pytest.approx(6.0)
+    assert report.calls_to_match(t, [1.0, 0.8, 0.6, 0.4], 2.0, lower_is_better=True) == float("-inf")
+    assert report.calls_to_match(t, [1.0, 0.8, 0.6, 0.4], 0.1, lower_is_better=True) == float("inf")
