@@ -82,7 +82,7 @@ def train(out: Path, *, steps: int, seq_len: int = 64, vocab_size: int = 1000, h
     from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
 
     import mdm_sched as ms
-    from mdm_sched._io import atomic_write_json
+    from mdm_sched._io import atomic_write_bytes, atomic_write_json
 
     out.mkdir(parents=True, exist_ok=True)
     model_dir = out / "model"
@@ -109,26 +109,25 @@ def train(out: Path, *, steps: int, seq_len: int = 64, vocab_size: int = 1000, h
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"]); opt.load_state_dict(state["opt"])
         start = state["step"]
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(steps, 1))))
-    for _ in range(start):
-        sched.step()
+    def lr_at(step: int) -> float:  # warm-up then cosine decay, a pure function of the step (resume-safe)
+        return lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(step, steps) / max(steps, 1)))
+
     model.train()
     bar = tqdm(range(start, steps), initial=start, total=steps, desc="train kjv-mdm", disable=not progress)
     for step in bar:
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)  # per-step stream: resuming replays exactly
         idx = torch.randint(len(train_x), (batch_size,), generator=g)
         loss = mdm_loss(model, train_x[idx], tokenizer, g)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step(); sched.step()
+        opt.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if (step + 1) % save_every == 0 or step + 1 == steps:
             buf = io.BytesIO()
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1}, buf)
-            from mdm_sched._io import atomic_write_bytes
-
             atomic_write_bytes(ckpt, buf.getvalue())
     model.eval()
     tmp = out / "model.tmp"
