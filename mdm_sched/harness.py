@@ -393,7 +393,7 @@ def run_eval(cfg: EvalConfig, out_dir: str | Path, *, log: Callable[[str], None]
     results["calls_saved"] = (_calls_saved(rows, cfg, t_ref, results["sensitivity"])
                               if "constant" in cfg.schedules else [])
     results["findings"] = _findings(rows, cfg, results)
-    results["confidence_notes"] = _confidence_notes(rows, cfg)
+    results["confidence_notes"] = _confidence_notes(rows, cfg, results)
     results["caveats"] = ["Antibody language models saw near-germline sequences in training: the germline "
                           "evaluation split is real but not strictly held out for them."] if "germline" in cfg.data else []
     if cfg.theory:
@@ -456,6 +456,17 @@ def _tally(rows: list[dict[str, Any]], order: str, metric: str, cand: str = "opt
     return tally
 
 
+def _tally_text(rows: list[dict[str, Any]], order: str, metric: str) -> str:
+    """'wins at T=5, 10; ties at none; loses at none' for optimal against constant."""
+    t = _tally(rows, order, metric)
+    part = lambda ts: ", ".join(map(str, ts)) if ts else "none"  # noqa: E731
+    return f"wins at T={part(t['win'])}; ties at T={part(t['tie'])}; loses at T={part(t['lose'])}"
+
+
+def _insensitive(metric: str, results: dict[str, Any]) -> bool:
+    return metric in results["sensitivity"] and not results["sensitivity"][metric]["sensitive"]
+
+
 def _findings(rows: list[dict[str, Any]], cfg: EvalConfig, results: dict[str, Any]) -> list[str]:
     if "optimal" not in cfg.schedules or "constant" not in cfg.schedules:
         return []
@@ -467,16 +478,14 @@ def _findings(rows: list[dict[str, Any]], cfg: EvalConfig, results: dict[str, An
     for metric in report.METRICS:
         if not any(r["metric"] == metric and r["order"] == "random" for r in rows):
             continue
-        if metric in results["sensitivity"] and not results["sensitivity"][metric]["sensitive"]:
+        if _insensitive(metric, results):
             out.append(f"{report.METRICS[metric][0]}: cannot judge schedules (does not separate 1 call from N calls).")
             continue
-        t = _tally(rows, "random", metric)
-        out.append(f"{report.METRICS[metric][0]}: optimal vs constant wins at T={t['win'] or '-'}, ties at "
-                   f"T={t['tie'] or '-'}, loses at T={t['lose'] or '-'}.")
+        out.append(f"{report.METRICS[metric][0]}: optimal vs constant {_tally_text(rows, 'random', metric)}.")
     return out
 
 
-def _confidence_notes(rows: list[dict[str, Any]], cfg: EvalConfig) -> list[str]:
+def _confidence_notes(rows: list[dict[str, Any]], cfg: EvalConfig, results: dict[str, Any]) -> list[str]:
     notes = []
     for order in cfg.orders:
         if order == "random":
@@ -484,9 +493,12 @@ def _confidence_notes(rows: list[dict[str, Any]], cfg: EvalConfig) -> list[str]:
         for metric in report.METRICS:
             if not any(r["metric"] == metric and r["order"] == order for r in rows):
                 continue
-            t = _tally(rows, order, metric)
-            notes.append(f"order={order}, {report.METRICS[metric][0]}: optimal (chosen for random order) vs "
-                         f"constant wins at T={t['win'] or '-'}, ties at T={t['tie'] or '-'}, loses at T={t['lose'] or '-'}.")
+            label = report.METRICS[metric][0]
+            if _insensitive(metric, results):
+                notes.append(f"order={order}, {label}: cannot judge schedules (insensitive under random order).")
+                continue
+            notes.append(f"order={order}, {label}: optimal (chosen for random order) vs constant "
+                         f"{_tally_text(rows, order, metric)}.")
     return notes
 
 
