@@ -227,8 +227,9 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     """The full Markdown report."""
     cfg = results["config"]
     out = [f"# mdm_sched evaluation: {cfg['model']} on {results.get('data_description', cfg.get('data'))}", ""]
-    out.append(f"Wall time: {results.get('wall_time_s', float('nan')):.0f} s "
-               f"(model rows evaluated: {results.get('forward_rows', 'n/a')}). Generation length N = "
+    out.append(f"Wall time of this run: {results.get('wall_time_s', float('nan')):.0f} s (model rows evaluated in "
+               f"this run: {results.get('forward_rows', 'n/a')}; parts found in the output folder's cache were "
+               f"computed by an earlier run and reused). Generation length N = "
                f"{results['n_tokens']} (sequences shorter than N dropped, longer ones cropped to their first N "
                f"tokens). Profile fitted on split `{cfg['profile_split']}` ({results.get('n_profile_sequences')} "
                f"sequences), everything else evaluated on split `{cfg['eval_split']}` "
