@@ -278,8 +278,22 @@ class InformationProfile:
         out = np.interp(x, self.fractions, fit)
         return np.minimum.accumulate(out)  # interpolation is monotone already; this removes rounding ripples
 
+    @property
+    def drop_z(self) -> float:
+        """Total CE drop ``CE(first level) - CE(last level)`` in units of its standard error."""
+        se = float(np.hypot(self.se[0], self.se[-1]))
+        drop = float(self.ce[0] - self.ce[-1])
+        return drop / se if se > 0 else (math.inf if drop > 0 else 0.0)
+
     def predicted_gain(self, steps: int, n_tokens: int | None = None) -> float:
-        """``J(constant) / J(optimal)`` for ``steps`` calls on the fitted curve (>= 1; 1 means no gain)."""
+        """``J(constant) / J(optimal)`` for ``steps`` calls on the fitted curve (>= 1; 1 means no gain).
+
+        Warns when the profile is flat within its error: the fitted curve is then a noise staircase that
+        the optimum can exploit, so the ratio says nothing (any schedule is as good as constant).
+        """
+        if self.drop_z < 3.0:
+            warnings.warn(f"the profile drops by only {self.drop_z:.1f} standard errors from no to full context: "
+                          "the model barely uses context, so predicted gains are not meaningful", stacklevel=2)
         return _schedules.predicted_gain(self.curve(n_tokens), steps)
 
     def bound(self, schedule: _schedules.Schedule | Sequence[int]) -> float:

@@ -180,14 +180,14 @@ def main(argv: list[str] | None = None) -> int:
     profile.save(args.out / "profile.json")
     profile.plot(args.out / "profile.png")
     n = args.seq_len
-    summary = {"train_seconds": round(time.time() - t0, 1), "budgets": {}}
+    summary = {"train_seconds": round(time.time() - t0, 1), "profile_drop_z": profile.drop_z, "budgets": {}}
     for t in args.budgets:
         sched = ms.schedules.optimal(profile, t, n_tokens=n)
         const = ms.schedules.constant(n, t)
         curve = profile.curve(n)
         summary["budgets"][t] = {
             "optimal_sizes": list(sched.sizes),
-            "predicted_gain": ms.schedules.predicted_gain(curve, t),
+            "predicted_gain": profile.predicted_gain(t, n_tokens=n),  # warns when the profile is flat
             "bound_constant": ms.schedules.nll_bound(curve, const),
             "bound_optimal": ms.schedules.nll_bound(curve, sched),
         }

@@ -367,3 +367,16 @@ def test_cli_profile_and_schedule(tmp_path, capsys):
     assert "optimal sizes" in text and "cosine" in text and "over constant" in text
     sched = schedules.Schedule.load(sched_out)
     assert sched.n_tokens == 96 and sched.steps == 8
+
+
+def test_flat_profile_warns_that_gains_mean_nothing():
+    levels = np.array([0, 8, 16, 24, 31])
+    flat = InformationProfile(levels, np.array([5.0, 5.01, 4.99, 5.0, 4.99]), np.full(5, 0.02), n_tokens=32)
+    with pytest.warns(UserWarning, match="barely uses context"):
+        flat.predicted_gain(4)
+    steep = InformationProfile(levels, np.array([5.0, 3.0, 2.0, 1.5, 1.4]), np.full(5, 0.02), n_tokens=32)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert steep.predicted_gain(4) > 1.0
