@@ -38,6 +38,26 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def new_figure(size: tuple[float, float] = (6.5, 4.2), dpi: int = 110) -> Any:
+    """A matplotlib Figure on an Agg canvas: no pyplot global state, works headless and in threads."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=dpi)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def atomic_write_png(fig: Any, path: str | os.PathLike) -> None:
+    """Lay out ``fig`` and write it as a PNG atomically."""
+    import io
+
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def read_json(path: str | os.PathLike, *, what: str) -> Any:
     """Read a JSON file, turning a missing or corrupted file into a ValueError that says which file."""
     path = Path(path)

@@ -180,7 +180,7 @@ class TabularOracle(Oracle):
         return self._marginals[subset]
 
     def conditionals(self, x: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
-        b, n, v = x.shape[0], self.n_tokens, self.vocab_size
+        n, v = self.n_tokens, self.vocab_size
         x, visible = x.cpu(), visible.cpu()
         out = torch.nn.functional.one_hot(x, v).double()
         weights = 1 << torch.arange(n)

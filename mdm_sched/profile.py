@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from . import schedules as _schedules
-from ._io import atomic_write_bytes, atomic_write_json, read_json
+from ._io import atomic_write_bytes, atomic_write_json, atomic_write_png, new_figure, read_json
 
 __all__ = [
     "InformationProfile",
@@ -372,14 +372,7 @@ class InformationProfile:
 
     def plot(self, path: str | os.PathLike, *, title: str | None = None) -> None:
         """Write a PNG: CE (points with SE bars and the fitted curve) and predictive entropy vs visible fraction."""
-        try:
-            from matplotlib.backends.backend_agg import FigureCanvasAgg
-            from matplotlib.figure import Figure
-        except ImportError as exc:  # pragma: no cover - matplotlib is a dependency
-            raise ImportError("InformationProfile.plot needs matplotlib: pip install matplotlib") from exc
-        # Figure + Agg canvas directly: no pyplot global state, works headless.
-        fig = Figure(figsize=(7.0, 4.5), dpi=120)
-        FigureCanvasAgg(fig)
+        fig = new_figure((7.0, 4.5), dpi=120)
         ax = fig.add_subplot(1, 1, 1)
         x = self.fractions
         ax.errorbar(x, self.ce, yerr=np.nan_to_num(self.se), fmt="o", ms=3, capsize=2, color="C0",
@@ -395,10 +388,7 @@ class InformationProfile:
         ax.grid(alpha=0.3)
         ax.legend(loc="upper right", fontsize=8)
         ax.set_title(title or self.description, fontsize=8)
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        atomic_write_bytes(path, buf.getvalue())
+        atomic_write_png(fig, path)
 
 
 # ------------------------------------------------------------------------------------------------

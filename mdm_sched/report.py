@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ._io import atomic_write_bytes, atomic_write_text
+from ._io import atomic_write_png, atomic_write_text, new_figure
 
 __all__ = ["METRICS", "verdict", "calls_to_match", "write_csv", "plot_metric", "plot_profile_blocks",
            "summary_table", "render_markdown", "markdown_table"]
@@ -96,22 +96,6 @@ def write_csv(rows: Iterable[Mapping[str, Any]], path: str | Path) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def _figure(size: tuple[float, float] = (6.5, 4.2)):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=size, dpi=110)
-    FigureCanvasAgg(fig)  # no pyplot global state: works headless and in threads
-    return fig
-
-
-def _save(fig: Any, path: str | Path) -> None:
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def plot_metric(rows: Sequence[Mapping[str, Any]], metric: str, path: str | Path, *, order: str = "random",
                 references: Mapping[str, tuple[float, float]] | None = None) -> bool:
     """One metric against model calls, one line per schedule, error bars; horizontal lines for references
@@ -120,7 +104,7 @@ def plot_metric(rows: Sequence[Mapping[str, Any]], metric: str, path: str | Path
     if not sel:
         return False
     label, lower, unit = METRICS.get(metric, (metric, True, ""))
-    fig = _figure()
+    fig = new_figure()
     ax = fig.add_subplot(1, 1, 1)
     for i, name in enumerate(dict.fromkeys(r["schedule"] for r in sel)):
         pts = sorted((r["T"], r["value"], r["se"]) for r in sel if r["schedule"] == name)
@@ -136,7 +120,7 @@ def plot_metric(rows: Sequence[Mapping[str, Any]], metric: str, path: str | Path
     ax.set_title(f"{label} — order={order}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    _save(fig, path)
+    atomic_write_png(fig, path)
     return True
 
 
@@ -145,7 +129,7 @@ def plot_profile_blocks(curve: np.ndarray, schedules: Mapping[str, Sequence[int]
     """The fitted CE profile with each schedule's block boundaries ``K_t`` drawn as ticks, one row per schedule."""
     curve = np.asarray(curve, dtype=np.float64)
     n = curve.size
-    fig = _figure((7.0, 4.5))
+    fig = new_figure((7.0, 4.5))
     ax = fig.add_subplot(1, 1, 1)
     ax.plot(np.arange(n), curve, "-", color="k", lw=1.5, label="CE(i) fitted")
     lo, hi = float(curve.min()), float(curve.max())
@@ -161,7 +145,7 @@ def plot_profile_blocks(curve: np.ndarray, schedules: Mapping[str, Sequence[int]
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
-    _save(fig, path)
+    atomic_write_png(fig, path)
 
 
 def _fmt(v: float, s: float | None = None, digits: int = 4) -> str:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import mdm_sched as ms
-from mdm_sched.models import LLADA_MASK_TOKEN_ID, MaskedLM, detect_family, load_masked_lm, wrap
+from mdm_sched.models import LLADA_MASK_TOKEN_ID, detect_family, load_masked_lm, wrap
 
 
 # --------------------------------------------------------------------------------------------------
