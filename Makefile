@@ -21,5 +21,6 @@ demo-quick: setup
 	$(OFFLINE) $(VENV)/bin/mdm-sched demo --quick --out runs/demo-quick
 
 bench: setup
+	$(OFFLINE) $(VENV)/bin/python eval/bench_schedules.py
 	$(OFFLINE) $(VENV)/bin/python eval/bench_generate.py
 	$(OFFLINE) $(VENV)/bin/python eval/bench_profile.py
