@@ -29,7 +29,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from .schedules import Schedule, cost, nll_bound
+from .schedules import Schedule, check_int, cost, nll_bound
 
 __all__ = [
     "mean_se",
@@ -87,12 +87,6 @@ def _check_ids(sequences: Any, argname: str = "sequences") -> torch.Tensor:
     return sequences.long()
 
 
-def _check_batch_size(batch_size: Any) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    return batch_size
-
-
 # --------------------------------------------------------------------------------------------------
 # the one model primitive
 # --------------------------------------------------------------------------------------------------
@@ -110,7 +104,7 @@ def masked_logprobs(model: Any, tokens: torch.Tensor, visible: torch.Tensor, tar
         batch_size: rows per forward pass.
     """
     mlm = _wrap(model)
-    batch_size = _check_batch_size(batch_size)
+    batch_size = check_int(batch_size, "batch_size", minimum=1)
     if visible.shape != tokens.shape or targets.shape != tokens.shape:
         raise ValueError(f"visible {tuple(visible.shape)} and targets {tuple(targets.shape)} must have the shape of "
                          f"tokens {tuple(tokens.shape)}")
@@ -197,8 +191,7 @@ def heldout_likelihood(model: Any, sequences: Any, schedules: Any, *, n_orders: 
     """
     x = _check_ids(sequences)
     b, n = x.shape
-    if isinstance(n_orders, bool) or not isinstance(n_orders, int) or n_orders < 1:
-        raise ValueError(f"n_orders must be a positive int, got {n_orders!r}")
+    check_int(n_orders, "n_orders", minimum=1)
     scheds = _schedule_dict(schedules, n)
     levels = sorted({k for s in scheds.values() for k in s.cumulative[:-1]})
     level_index = {k: i for i, k in enumerate(levels)}
@@ -311,8 +304,7 @@ def path_kl(model: Any, sequences: torch.Tensor, reveal_step: torch.Tensor, toke
         weight = torch.ones(bsz, dtype=torch.float64)
         used = None
     else:
-        if isinstance(n_levels, bool) or not isinstance(n_levels, int) or n_levels < 1:
-            raise ValueError(f"n_levels must be a positive int or None (all levels), got {n_levels!r}")
+        check_int(n_levels, "n_levels", minimum=1, hint=" or None (all levels)")
         keys = torch.rand(bsz, length, generator=generator).masked_fill(~nontrivial, 2.0)
         order = keys.argsort(1)
         take = torch.arange(length).unsqueeze(0) < torch.clamp(n_nontrivial, max=n_levels).unsqueeze(1)
@@ -364,8 +356,7 @@ def pseudo_log_likelihood(model: Any, sequences: Any, *, n_positions: int | None
         pos = torch.arange(n).repeat(b)
         rows = torch.arange(b).repeat_interleave(n)
     else:
-        if isinstance(n_positions, bool) or not isinstance(n_positions, int) or n_positions < 1:
-            raise ValueError(f"n_positions must be a positive int or None (all positions), got {n_positions!r}")
+        check_int(n_positions, "n_positions", minimum=1, hint=" or None (all positions)")
         pos = torch.rand(b, n, generator=generator).argsort(1)[:, :n_positions].reshape(-1)
         rows = torch.arange(b).repeat_interleave(n_positions)
     targets = torch.zeros(rows.numel(), n, dtype=torch.bool)
@@ -387,8 +378,7 @@ def masked_token_loglik(model: Any, sequences: Any, *, mask_fraction: float = 0.
     b, n = x.shape
     if not (isinstance(mask_fraction, (int, float)) and 0 < mask_fraction < 1):
         raise ValueError(f"mask_fraction must be in (0, 1), got {mask_fraction!r}")
-    if isinstance(n_masks, bool) or not isinstance(n_masks, int) or n_masks < 1:
-        raise ValueError(f"n_masks must be a positive int, got {n_masks!r}")
+    check_int(n_masks, "n_masks", minimum=1)
     k = max(1, int(round(mask_fraction * n)))
     rows = torch.arange(b).repeat(n_masks)
     ranks = torch.rand(rows.numel(), n, generator=generator).argsort(1).argsort(1)
@@ -452,8 +442,7 @@ def kmer_js(samples: Any, reference: Any, k: int, *, vocab: Any = None, n_boot: 
     """
     s = _check_ids(samples, "samples")
     r = _check_ids(reference, "reference")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive int, got {k!r}")
+    check_int(k, "k", minimum=1)
     v = _vocab_of(s, r, vocab)
     cs, cr = _kmer_counts(s, k, v), _kmer_counts(r, k, v)
     js = float(_js_bits(cs.sum(0), cr.sum(0)))

@@ -165,7 +165,7 @@ class InformationProfile:
                  tokens: Sequence[int] | np.ndarray | None = None,
                  rows: Sequence[int] | np.ndarray | None = None,
                  metadata: Mapping[str, Any] | None = None) -> None:
-        n = _schedules._check_int(n_tokens, "n_tokens", minimum=1)
+        n = _schedules.check_int(n_tokens, "n_tokens", minimum=1)
         lv = np.asarray(levels)
         if lv.ndim != 1 or lv.size == 0:
             raise ValueError("levels must be a non-empty 1-D sequence of visible counts")
@@ -263,7 +263,7 @@ class InformationProfile:
         instead (label-free variant, THEORY.md section 2). Warns when ``n_tokens`` is far from the
         measured length.
         """
-        n = self._n_tokens if n_tokens is None else _schedules._check_int(n_tokens, "n_tokens", minimum=1)
+        n = self._n_tokens if n_tokens is None else _schedules.check_int(n_tokens, "n_tokens", minimum=1)
         if n_tokens is not None:
             self._check_length(n)
         if kind == "ce":
@@ -401,8 +401,8 @@ def default_levels(n_tokens: int, n_levels: int = DEFAULT_N_LEVELS) -> np.ndarra
     Real CE curves are S-shaped (flat while little is visible, a steep drop, flat again), so both ends
     need resolution. All counts when ``n_tokens <= n_levels``.
     """
-    n = _schedules._check_int(n_tokens, "n_tokens", minimum=1)
-    k = _schedules._check_int(n_levels, "levels", minimum=2)
+    n = _schedules.check_int(n_tokens, "n_tokens", minimum=1)
+    k = _schedules.check_int(n_levels, "levels", minimum=2)
     if n <= k:
         return np.arange(n, dtype=np.int64)
     u = np.linspace(0.0, 1.0, k)
@@ -771,27 +771,27 @@ def estimate_profile(model: Any, data: Any, *, n_tokens: int | None = None, leve
     if tokens_per_level is not None and target_se is not None:
         raise ValueError("pass either tokens_per_level= or target_se= (the stop criterion), not both")
     if target_se is None:
-        tokens_per_level = _schedules._check_int(DEFAULT_TOKENS_PER_LEVEL if tokens_per_level is None
+        tokens_per_level = _schedules.check_int(DEFAULT_TOKENS_PER_LEVEL if tokens_per_level is None
                                                  else tokens_per_level, "tokens_per_level", minimum=1)
     else:
         if isinstance(target_se, bool) or not isinstance(target_se, (int, float)) or not target_se > 0:
             raise ValueError(f"target_se must be a positive number (nats), got {target_se!r}")
         target_se = float(target_se)
-    batch_size = _schedules._check_int(batch_size, "batch_size", minimum=1)
-    checkpoint_every = _schedules._check_int(checkpoint_every, "checkpoint_every", minimum=1)
-    prompt_length = _schedules._check_int(prompt_length, "prompt_length", minimum=0)
-    seed = _schedules._check_int(seed, "seed", minimum=0)
+    batch_size = _schedules.check_int(batch_size, "batch_size", minimum=1)
+    checkpoint_every = _schedules.check_int(checkpoint_every, "checkpoint_every", minimum=1)
+    prompt_length = _schedules.check_int(prompt_length, "prompt_length", minimum=0)
+    seed = _schedules.check_int(seed, "seed", minimum=0)
     if n_tokens is not None:
-        n_tokens = _schedules._check_int(n_tokens, "n_tokens", minimum=1)
+        n_tokens = _schedules.check_int(n_tokens, "n_tokens", minimum=1)
     if max_batches is None and target_se is not None:
         max_batches = 1000
     if max_batches is not None:
-        max_batches = _schedules._check_int(max_batches, "max_batches", minimum=1)
+        max_batches = _schedules.check_int(max_batches, "max_batches", minimum=1)
 
     seqs, desc = _token_sequences(mlm, data, text_column)
     x, n, counts = _apply_length_policy(seqs, n_tokens, prompt_length)
     if block_length is not None:
-        block_length = _schedules._check_int(block_length, "block_length", minimum=1)
+        block_length = _schedules.check_int(block_length, "block_length", minimum=1)
         if n % block_length:
             raise ValueError(f"block_length={block_length} does not divide n_tokens={n}; choose a divisor "
                              f"(e.g. {math.gcd(n, block_length)}) or set n_tokens to a multiple of it")

@@ -36,22 +36,22 @@ _FORMAT = "mdm_sched.schedule"
 _FORMAT_VERSION = 1
 
 
-def _check_int(value: Any, name: str, *, minimum: int | None = None) -> int:
-    """Return ``value`` as an int, refusing floats, bools and anything non-integral."""
+def check_int(value: Any, name: str, *, minimum: int | None = None, hint: str = "") -> int:
+    """Return ``value`` as an int, refusing floats, bools and anything non-integral (``hint`` ends the message)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
             value = int(value.item())
         else:
-            raise ValueError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+            raise ValueError(f"{name} must be an integer{hint}, got {value!r} ({type(value).__name__})")
     value = int(value)
     if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        raise ValueError(f"{name} must be >= {minimum}{hint}, got {value}")
     return value
 
 
 def _check_steps(n_tokens: Any, steps: Any) -> tuple[int, int]:
-    n = _check_int(n_tokens, "n_tokens", minimum=1)
-    t = _check_int(steps, "steps", minimum=1)
+    n = check_int(n_tokens, "n_tokens", minimum=1)
+    t = check_int(steps, "steps", minimum=1)
     if t > n:
         raise ValueError(
             f"steps={t} exceeds n_tokens={n}: every call must reveal at least one token; use steps <= {n}"
@@ -81,7 +81,7 @@ class Schedule:
             raise ValueError("sizes must contain at least one step")
         out = []
         for i, k in enumerate(sizes):
-            k = _check_int(k, f"sizes[{i}]")
+            k = check_int(k, f"sizes[{i}]")
             if k < 1:
                 raise ValueError(f"sizes[{i}] = {k}: every call must reveal at least one token")
             out.append(k)
@@ -152,7 +152,7 @@ class Schedule:
     # -- transformations -------------------------------------------------------------------------
     def rescale(self, n_tokens: int) -> "Schedule":
         """The same shape (cumulative fractions) for another length; steps are capped at ``n_tokens``."""
-        n = _check_int(n_tokens, "n_tokens", minimum=1)
+        n = check_int(n_tokens, "n_tokens", minimum=1)
         if n == self.n_tokens:
             return self
         steps = min(self.steps, n)
@@ -215,7 +215,7 @@ def _as_curve(curve_or_profile: Any, n_tokens: int | None, *, argname: str = "cu
     if hasattr(curve_or_profile, "curve") and callable(curve_or_profile.curve):
         if n_tokens is None:
             raise ValueError(f"{argname} is a profile: pass n_tokens= (the generation length) to evaluate its curve")
-        curve = np.asarray(curve_or_profile.curve(_check_int(n_tokens, "n_tokens", minimum=1)), dtype=np.float64)
+        curve = np.asarray(curve_or_profile.curve(check_int(n_tokens, "n_tokens", minimum=1)), dtype=np.float64)
     else:
         if isinstance(curve_or_profile, torch.Tensor):
             curve_or_profile = curve_or_profile.detach().cpu().double().numpy()
@@ -372,7 +372,7 @@ def optimal(curve_or_profile: Any, steps: int, max_tokens_per_step: int | None =
     curve = _as_curve(curve_or_profile, n_tokens, argname="curve_or_profile")
     _check_nonincreasing(curve, "curve_or_profile")
     n, t = _check_steps(curve.size, steps)
-    cap = n if max_tokens_per_step is None else _check_int(max_tokens_per_step, "max_tokens_per_step", minimum=1)
+    cap = n if max_tokens_per_step is None else check_int(max_tokens_per_step, "max_tokens_per_step", minimum=1)
     if cap * t < n:
         raise ValueError(f"max_tokens_per_step={cap} with steps={t} can reveal at most {cap * t} < n_tokens={n} "
                          f"tokens; raise max_tokens_per_step to >= {math.ceil(n / t)} or use more steps")

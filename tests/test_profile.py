@@ -237,6 +237,14 @@ if dist.get_rank() == 0:
 """
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
 def test_two_processes_equal_one(tmp_path, launcher):
     script = tmp_path / "run.py"
@@ -244,12 +252,12 @@ def test_two_processes_equal_one(tmp_path, launcher):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
     two = tmp_path / "two.json"
     if launcher == "torchrun":
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())]
     else:
         # accelerate's CPU multi-process path: its torchrun-based launcher plus Accelerator(cpu=True)
         # (`--cpu --num_processes 2` would need MPI in accelerate 1.x)
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29532"]
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port())]
     res = subprocess.run(cmd + [str(script), str(two), launcher], env=env, timeout=180, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     a, b = _dist_run(), InformationProfile.load(two)
