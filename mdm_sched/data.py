@@ -16,19 +16,24 @@ lists of strings / token ids) into ``list[list[int]]`` for profile estimation.
 from __future__ import annotations
 
 import importlib.util
+import collections
 import json
 import os
+import warnings
 import runpy
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache, partial
 from types import BuiltinFunctionType, FunctionType, MethodType
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = ["germlines", "germline_records", "kjv", "kjv_records", "load_source", "token_sequences", "BUILTIN_SOURCES",
-           "AMINO_ACIDS"]
+           "AMINO_ACIDS", "fixed_length"]
 
 AMINO_ACIDS = frozenset("ACDEFGHIKLMNPQRSTVWY")
 SPLITS = ("train", "test")
@@ -516,3 +521,54 @@ def token_sequences(data: Any, encode: Encode | Any = None, *, text_column: str 
             raise ValueError(f"token_sequences(encode=...): returned {len(ids)} sequences for {len(chunk)} texts")
         out.extend(_as_ids(seq, f"token_sequences: encoded example {start + j}") for j, seq in enumerate(ids))
     return out
+
+
+def fixed_length(seqs: Sequence[Sequence[int]], n_tokens: int | None = None, prompt_length: int = 0, *,
+                 stacklevel: int = 2) -> tuple["torch.Tensor", int, dict[str, int]]:
+    """Token ids of one length, under the library's single length policy (profiles and the harness).
+
+    Every sequence is ``prompt_length`` prompt tokens followed by ``N`` generated tokens:
+
+    - ``n_tokens=None``: the most common total length ``L`` is used (ties: the longer) and
+      ``N = L - prompt_length``; sequences of any other length are dropped with a warning that counts them.
+      Nothing is cropped, so every sequence keeps its natural end.
+    - ``n_tokens=N``: sequences longer than ``prompt_length + N`` are cropped (the tail is cut), shorter ones
+      are dropped with a warning that counts them.
+    - No sequence left: ``ValueError`` naming the longest length available.
+
+    Returns:
+        ``(ids [M, prompt_length + N], N, {"kept", "dropped", "cropped"})``.
+    """
+    import torch
+
+    if len(seqs) == 0:
+        raise ValueError("no sequences: the data is empty")
+    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+    if n_tokens is None:
+        counts = collections.Counter(lengths.tolist())
+        total = max(counts, key=lambda length: (counts[length], length))
+        n = total - prompt_length
+        if n < 1:
+            raise ValueError(f"the most common sequence length is {total} tokens, not more than "
+                             f"prompt_length={prompt_length}: lower prompt_length or pass longer sequences")
+        keep = lengths == total
+        dropped = int((~keep).sum())
+        if dropped:
+            warnings.warn(f"{dropped} of {len(seqs)} sequences dropped because their length differs "
+                          f"from the most common length {total} (n_tokens=None keeps only that length); pass "
+                          "n_tokens= to crop longer sequences instead", UserWarning, stacklevel=stacklevel)
+        cropped = 0
+    else:
+        n = n_tokens
+        total = prompt_length + n
+        keep = lengths >= total
+        dropped = int((~keep).sum())
+        cropped = int((lengths > total).sum())
+        if not keep.any():
+            raise ValueError(f"no sequence has at least prompt_length + n_tokens = {total} tokens (the longest has "
+                             f"{int(lengths.max())}); lower n_tokens or pass longer sequences")
+        if dropped:
+            warnings.warn(f"{dropped} of {len(seqs)} sequences dropped: shorter than "
+                          f"prompt_length + n_tokens = {total} tokens", UserWarning, stacklevel=stacklevel)
+    rows = [s[:total] for s, k in zip(seqs, keep.tolist()) if k]
+    return torch.tensor(rows, dtype=torch.long), n, {"kept": len(rows), "dropped": dropped, "cropped": cropped}

@@ -47,6 +47,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from . import data as _data
 from . import schedules as _schedules
 from ._io import atomic_write_bytes, atomic_write_json, atomic_write_png, new_figure, read_json
 
@@ -434,8 +435,6 @@ def _resolve_levels(levels: Any, n_eff: int) -> np.ndarray:
 
 def _token_sequences(mlm: Any, data: Any, text_column: str | None) -> tuple[list[list[int]], str]:
     """Token-id sequences of ``data`` and a short description of it."""
-    from . import data as _data
-
     desc = None
     if isinstance(data, (str, os.PathLike)):
         desc = str(data)
@@ -459,40 +458,6 @@ def _token_sequences(mlm: Any, data: Any, text_column: str | None) -> tuple[list
         ds_name = getattr(info, "dataset_name", None) if info is not None else None
         desc = f"{name}{f' {ds_name}' if ds_name else ''} ({len(seqs)} sequences)"
     return seqs, desc
-
-
-def _apply_length_policy(seqs: list[list[int]], n_tokens: int | None, prompt_length: int
-                         ) -> tuple[torch.Tensor, int, dict[str, int]]:
-    """``[M, prompt_length + N]`` tokens under the module's length policy, ``N`` and counts."""
-    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
-    if n_tokens is None:
-        counts = collections.Counter(lengths.tolist())
-        total = max(counts, key=lambda length: (counts[length], length))
-        n = total - prompt_length
-        if n < 1:
-            raise ValueError(f"the most common sequence length is {total} tokens, not more than "
-                             f"prompt_length={prompt_length}: lower prompt_length or pass longer sequences")
-        keep = lengths == total
-        dropped = int((~keep).sum())
-        if dropped:
-            warnings.warn(f"estimate_profile: {dropped} of {len(seqs)} sequences dropped because their length differs "
-                          f"from the most common length {total} (n_tokens=None keeps only that length); pass "
-                          "n_tokens= to crop longer sequences instead", UserWarning, stacklevel=3)
-        cropped = 0
-    else:
-        n = n_tokens
-        total = prompt_length + n
-        keep = lengths >= total
-        dropped = int((~keep).sum())
-        cropped = int((lengths > total).sum())
-        if not keep.any():
-            raise ValueError(f"no sequence has at least prompt_length + n_tokens = {total} tokens (the longest has "
-                             f"{int(lengths.max())}); lower n_tokens or pass longer sequences")
-        if dropped:
-            warnings.warn(f"estimate_profile: {dropped} of {len(seqs)} sequences dropped: shorter than "
-                          f"prompt_length + n_tokens = {total} tokens", UserWarning, stacklevel=3)
-    rows = [s[:total] for s, k in zip(seqs, keep.tolist()) if k]
-    return torch.tensor(rows, dtype=torch.long), n, {"kept": len(rows), "dropped": dropped, "cropped": cropped}
 
 
 def _check_tokens(mlm: Any, x: torch.Tensor) -> None:
@@ -789,7 +754,7 @@ def estimate_profile(model: Any, data: Any, *, n_tokens: int | None = None, leve
         max_batches = _schedules.check_int(max_batches, "max_batches", minimum=1)
 
     seqs, desc = _token_sequences(mlm, data, text_column)
-    x, n, counts = _apply_length_policy(seqs, n_tokens, prompt_length)
+    x, n, counts = _data.fixed_length(seqs, n_tokens, prompt_length, stacklevel=3)
     if block_length is not None:
         block_length = _schedules.check_int(block_length, "block_length", minimum=1)
         if n % block_length:

@@ -8,7 +8,6 @@ cross-entropy curve ``CE(i)``, ``i = 0..N-1`` (or on an :class:`~mdm_sched.Infor
 from __future__ import annotations
 
 import math
-import numbers
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 
 from ._io import atomic_write_json, read_json
+from .validation import check_int
 
 __all__ = [
     "Schedule",
@@ -34,19 +34,6 @@ __all__ = [
 
 _FORMAT = "mdm_sched.schedule"
 _FORMAT_VERSION = 1
-
-
-def check_int(value: Any, name: str, *, minimum: int | None = None, hint: str = "") -> int:
-    """Return ``value`` as an int, refusing floats, bools and anything non-integral (``hint`` ends the message)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
-            value = int(value.item())
-        else:
-            raise ValueError(f"{name} must be an integer{hint}, got {value!r} ({type(value).__name__})")
-    value = int(value)
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}{hint}, got {value}")
-    return value
 
 
 def _check_steps(n_tokens: Any, steps: Any) -> tuple[int, int]:
