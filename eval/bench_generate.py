@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import mdm_sched as ms  # noqa: E402
-from mdm_sched._io import atomic_write_json  # noqa: E402
+import mdm_sched as ms
+from mdm_sched._io import atomic_write_json
 
 BATCH, GEN_LENGTH, STEPS = 16, 128, 32
 

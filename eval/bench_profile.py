@@ -30,8 +30,8 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-import mdm_sched as ms  # noqa: E402
-from mdm_sched.profile import InformationProfile, estimate_profile  # noqa: E402
+import mdm_sched as ms
+from mdm_sched.profile import InformationProfile, estimate_profile
 
 
 def _data(chain: str) -> list[str]:

@@ -12,7 +12,7 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from mdm_sched.harness import main  # noqa: E402
+from mdm_sched.harness import main
 
 if __name__ == "__main__":
     raise SystemExit(main(sys.argv[1:]))

@@ -12,8 +12,8 @@ import importlib
 
 __version__ = "0.1.0"
 
-from . import schedules  # noqa: E402
-from .schedules import Schedule  # noqa: E402
+from . import schedules
+from .schedules import Schedule
 
 # Heavier parts are imported on first use so `import mdm_sched` stays fast and a missing optional
 # piece never breaks the schedule mathematics.

@@ -37,8 +37,8 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 __all__ = ["BUILTIN_MODELS", "AMINO_ACIDS", "available", "resolve", "cache_root", "read_metadata"]
 

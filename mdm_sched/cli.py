@@ -6,7 +6,7 @@ import importlib
 import json
 import os
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 # (module, add-arguments function, command function, help) per subcommand; modules load on use only.
 _COMMANDS: dict[str, tuple[str, str, str, str]] = {

@@ -15,17 +15,17 @@ lists of strings / token ids) into ``list[list[int]]`` for profile estimation.
 """
 from __future__ import annotations
 
-import importlib.util
 import collections
+import importlib.util
 import json
 import os
-import warnings
 import runpy
-from collections.abc import Iterable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache, partial
-from types import BuiltinFunctionType, FunctionType, MethodType
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from types import BuiltinFunctionType, FunctionType, MethodType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -524,7 +524,7 @@ def token_sequences(data: Any, encode: Encode | Any = None, *, text_column: str 
 
 
 def fixed_length(seqs: Sequence[Sequence[int]], n_tokens: int | None = None, prompt_length: int = 0, *,
-                 stacklevel: int = 2) -> tuple["torch.Tensor", int, dict[str, int]]:
+                 stacklevel: int = 2) -> tuple[torch.Tensor, int, dict[str, int]]:
     """Token ids of one length, under the library's single length policy (profiles and the harness).
 
     Every sequence is ``prompt_length`` prompt tokens followed by ``N`` generated tokens:

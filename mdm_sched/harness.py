@@ -27,8 +27,9 @@ import math
 import sys
 import time
 import zlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -415,7 +416,7 @@ def _calls_saved(rows: list[dict[str, Any]], cfg: EvalConfig, t_ref: int,
     Metrics that failed the sensitivity check are left out: they cannot rank schedules at all.
     """
     out = []
-    for metric, (label, lower, _) in report.METRICS.items():
+    for metric, (_label, lower, _) in report.METRICS.items():
         if metric in sensitivity and not sensitivity[metric]["sensitive"]:
             continue
         sel = [r for r in rows if r["metric"] == metric and r["order"] == "random"]
@@ -442,7 +443,8 @@ def _calls_saved(rows: list[dict[str, Any]], cfg: EvalConfig, t_ref: int,
     return out
 
 
-def _tally(rows: list[dict[str, Any]], order: str, metric: str, cand: str = "optimal", base: str = "constant") -> dict[str, list[int]]:
+def _tally(rows: list[dict[str, Any]], order: str, metric: str, cand: str = "optimal",
+           base: str = "constant") -> dict[str, list[int]]:
     lower = report.METRICS[metric][1]
     tally: dict[str, list[int]] = {"win": [], "tie": [], "lose": []}
     cell = {(r["schedule"], r["T"]): r for r in rows if r["order"] == order and r["metric"] == metric}
@@ -459,7 +461,7 @@ def _tally(rows: list[dict[str, Any]], order: str, metric: str, cand: str = "opt
 def _tally_text(rows: list[dict[str, Any]], order: str, metric: str) -> str:
     """'wins at T=5, 10; ties at none; loses at none' for optimal against constant."""
     t = _tally(rows, order, metric)
-    part = lambda ts: ", ".join(map(str, ts)) if ts else "none"  # noqa: E731
+    part = lambda ts: ", ".join(map(str, ts)) if ts else "none"
     return f"wins at T={part(t['win'])}; ties at T={part(t['tie'])}; loses at T={part(t['lose'])}"
 
 

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -335,7 +336,7 @@ def path_kl(model: Any, sequences: torch.Tensor, reveal_step: torch.Tensor, toke
     mean, se = mean_se(per_sample)
     n_tok = float(n_gen.double().mean())
     return PathKLResult(per_sample=per_sample, mean=mean, se=se, per_token=mean / n_tok, per_token_se=se / n_tok,
-                        n_generated=int(round(n_tok)), levels_used=used, n_forward_rows=n_rows)
+                        n_generated=round(n_tok), levels_used=used, n_forward_rows=n_rows)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -379,7 +380,7 @@ def masked_token_loglik(model: Any, sequences: Any, *, mask_fraction: float = 0.
     if not (isinstance(mask_fraction, (int, float)) and 0 < mask_fraction < 1):
         raise ValueError(f"mask_fraction must be in (0, 1), got {mask_fraction!r}")
     check_int(n_masks, "n_masks", minimum=1)
-    k = max(1, int(round(mask_fraction * n)))
+    k = max(1, round(mask_fraction * n))
     rows = torch.arange(b).repeat(n_masks)
     ranks = torch.rand(rows.numel(), n, generator=generator).argsort(1).argsort(1)
     targets = ranks < k

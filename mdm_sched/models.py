@@ -44,8 +44,9 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -411,7 +412,7 @@ class MaskedLM:
         return (f"MaskedLM(family={self.family!r}, model={type(self.model).__name__}, name_or_path={self.name_or_path!r}, "
                 f"mask_token_id={self.mask_token_id}, max_length={self.max_length})")
 
-    def to(self, *args: Any, **kwargs: Any) -> "MaskedLM":
+    def to(self, *args: Any, **kwargs: Any) -> MaskedLM:
         self.model.to(*args, **kwargs)
         return self
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from types import SimpleNamespace
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -79,7 +79,7 @@ class Oracle(nn.Module):
         logits = torch.cat([logp, mask_col], dim=-1).float().to(input_ids.device)
         return MaskedLMOutput(logits=logits)
 
-    def miscalibrated(self, temperature: float = 1.5, noise: float = 0.0, seed: int = 0) -> "MiscalibratedOracle":
+    def miscalibrated(self, temperature: float = 1.5, noise: float = 0.0, seed: int = 0) -> MiscalibratedOracle:
         """A model with deliberately wrong conditionals (learning error): ``p^(1/temperature) * exp(noise * z)``."""
         return MiscalibratedOracle(self, temperature=temperature, noise=noise, seed=seed)
 
@@ -151,7 +151,7 @@ class TabularOracle(Oracle):
 
     @classmethod
     def random(cls, vocab_size: int = 3, n_tokens: int = 4, concentration: float = 0.5, seed: int = 0,
-               **kwargs: object) -> "TabularOracle":
+               **kwargs: object) -> TabularOracle:
         """A random law drawn from a symmetric Dirichlet (small concentration = strong correlations)."""
         g = torch.Generator().manual_seed(seed)
         gam = torch._standard_gamma(torch.full((vocab_size ** n_tokens,), float(concentration), dtype=torch.float64),
@@ -313,7 +313,7 @@ class MarkovChainOracle(Oracle):
 
     @classmethod
     def random(cls, vocab_size: int = 4, n_tokens: int = 32, stickiness: float = 0.0, concentration: float = 0.3,
-               seed: int = 0, **kwargs: object) -> "MarkovChainOracle":
+               seed: int = 0, **kwargs: object) -> MarkovChainOracle:
         """Random chain; ``stickiness`` adds that much mass on staying in the same state (slow mixing)."""
         g = torch.Generator().manual_seed(seed)
         conc = torch.full((vocab_size, vocab_size), float(concentration), dtype=torch.float64)

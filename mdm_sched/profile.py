@@ -32,7 +32,6 @@ Determinism, resuming and data parallelism
 from __future__ import annotations
 
 import argparse
-import collections
 import datetime
 import hashlib
 import io
@@ -41,8 +40,9 @@ import math
 import os
 import sys
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -235,7 +235,7 @@ class InformationProfile:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, InformationProfile):
             return NotImplemented
-        same = lambda a, b: a.shape == b.shape and np.array_equal(a, b, equal_nan=a.dtype.kind == "f")  # noqa: E731
+        same = lambda a, b: a.shape == b.shape and np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
         return self._n_tokens == other._n_tokens and all(
             same(getattr(self, k), getattr(other, k))
             for k in ("levels", "ce", "se", "entropy", "entropy_se", "accuracy", "tokens", "rows"))
@@ -339,7 +339,7 @@ class InformationProfile:
                 "fitted_ce": floats(self.fitted()), "metadata": self._metadata}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "InformationProfile":
+    def from_dict(cls, data: Mapping[str, Any]) -> InformationProfile:
         if not isinstance(data, Mapping) or data.get("format") != _FORMAT:
             raise ValueError("not an mdm_sched information profile: expected a JSON object with "
                              f"format={_FORMAT!r} (written by InformationProfile.save / `mdm-sched profile`)")
@@ -363,7 +363,7 @@ class InformationProfile:
         atomic_write_json(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "InformationProfile":
+    def load(cls, path: str | os.PathLike) -> InformationProfile:
         """Read a profile written by :meth:`save`; a corrupted or foreign file raises ValueError naming it."""
         data = read_json(path, what="profile")
         try:
@@ -421,7 +421,7 @@ def _resolve_levels(levels: Any, n_eff: int) -> np.ndarray:
     arr = np.asarray(levels.tolist() if isinstance(levels, torch.Tensor) else list(levels), dtype=np.float64)
     if arr.ndim != 1 or arr.size == 0 or not np.all(np.isfinite(arr)):
         raise ValueError("levels must be an int (how many) or a non-empty list of visible counts / fractions")
-    if np.all(np.equal(np.mod(arr, 1), 0)) and (arr.max() >= 1 or arr.size == 1 and arr[0] == 0):
+    if np.all(np.equal(np.mod(arr, 1), 0)) and (arr.max() >= 1 or (arr.size == 1 and arr[0] == 0)):
         out = arr.astype(np.int64)
     elif arr.min() >= 0 and arr.max() < 1:
         out = np.rint(arr * n_eff).astype(np.int64)  # fractions of the generated length
@@ -634,7 +634,7 @@ class _Accumulator:
         return {"count": self.count, "sums": self.sums, "sq": self.sq, "tokens": self.tokens}
 
     @classmethod
-    def from_arrays(cls, arrays: Mapping[str, np.ndarray], n_levels: int) -> "_Accumulator":
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], n_levels: int) -> _Accumulator:
         acc = cls(n_levels)
         count, sums, sq, tokens = (np.asarray(arrays[k], dtype=np.float64) for k in ("count", "sums", "sq", "tokens"))
         if (count.ndim != 2 or count.shape[0] != n_levels or sums.shape != count.shape + (3,)

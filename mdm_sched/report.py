@@ -13,8 +13,9 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -199,8 +200,8 @@ def _diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[float, float]:
     if paired is not None and b.get("paired_with_constant") is not None:
         # both hold (diff to constant, se of that diff): a - b = (a - c) - (b - c); if b is the baseline
         # itself its paired diff is exactly 0 with SE 0, so this is the paired SE of a - c.
-        da, sa = paired
-        db, sb = b["paired_with_constant"]
+        _da, sa = paired
+        _db, sb = b["paired_with_constant"]
         if sb == 0.0 or sa == 0.0:
             return d, float(max(sa, sb))
         return d, float(math.hypot(sa, sb))  # conservative for two non-baseline schedules

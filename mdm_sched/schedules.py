@@ -8,8 +8,9 @@ cross-entropy curve ``CE(i)``, ``i = 0..N-1`` (or on an :class:`~mdm_sched.Infor
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,7 +55,7 @@ class Schedule:
     (2, 5, (0, 2, 5))
     """
 
-    __slots__ = ("_sizes", "_name", "_metadata")
+    __slots__ = ("_metadata", "_name", "_sizes")
 
     def __init__(self, sizes: Sequence[int] | np.ndarray | torch.Tensor, *, name: str | None = None,
                  metadata: Mapping[str, Any] | None = None) -> None:
@@ -137,7 +138,7 @@ class Schedule:
         return f"Schedule({name}steps={self.steps}, n_tokens={self.n_tokens}, sizes={shown})"
 
     # -- transformations -------------------------------------------------------------------------
-    def rescale(self, n_tokens: int) -> "Schedule":
+    def rescale(self, n_tokens: int) -> Schedule:
         """The same shape (cumulative fractions) for another length; steps are capped at ``n_tokens``."""
         n = check_int(n_tokens, "n_tokens", minimum=1)
         if n == self.n_tokens:
@@ -157,7 +158,7 @@ class Schedule:
                 "metadata": self._metadata}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Schedule":
+    def from_dict(cls, data: Mapping[str, Any]) -> Schedule:
         if not isinstance(data, Mapping) or data.get("format") != _FORMAT:
             raise ValueError("not an mdm_sched schedule: expected a mapping with format='mdm_sched.schedule'")
         if data.get("version", 0) > _FORMAT_VERSION:
@@ -173,7 +174,7 @@ class Schedule:
         atomic_write_json(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str | Path) -> "Schedule":
+    def load(cls, path: str | Path) -> Schedule:
         return cls.from_dict(read_json(path, what="schedule"))
 
 
@@ -213,7 +214,8 @@ def _as_curve(curve_or_profile: Any, n_tokens: int | None, *, argname: str = "cu
     if curve.ndim != 1 or curve.size == 0:
         raise ValueError(f"{argname} must be a non-empty 1-D array (CE(i) for i = 0..N-1), got shape {curve.shape}")
     if n_tokens is not None and curve.size != n_tokens:
-        raise ValueError(f"{argname} has length {curve.size} but n_tokens={n_tokens}: the curve needs one value per visible count i = 0..n_tokens-1")
+        raise ValueError(f"{argname} has length {curve.size} but n_tokens={n_tokens}: the curve needs one value per "
+                         "visible count i = 0..n_tokens-1")
     if not np.all(np.isfinite(curve)):
         raise ValueError(f"{argname} contains NaN or inf; fit the profile first (InformationProfile.curve)")
     return curve
@@ -314,8 +316,8 @@ def _dp_layer(d_prev: np.ndarray, curve: np.ndarray, prefix: np.ndarray, cols: n
     best = np.empty(ncol)
     arg = np.empty(ncol, dtype=np.int64)
     # Segments of columns [c_lo, c_hi) (indices into cols) with a row window [r_lo, r_hi].
-    c_lo = np.array([0]); c_hi = np.array([ncol])
-    r_lo = np.array([row_lo[0]]); r_hi = np.array([row_hi[-1]])
+    c_lo, c_hi = np.array([0]), np.array([ncol])
+    r_lo, r_hi = np.array([row_lo[0]]), np.array([row_hi[-1]])
     while c_lo.size:
         mid = (c_lo + c_hi) // 2
         b = cols[mid]

@@ -20,7 +20,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-import mdm_sched as ms  # noqa: E402
+import mdm_sched as ms
 
 #: (model, chain) pairs: each model on the chains it was trained on.
 PAIRS = {"antiberty": ("H", "K", "L"), "sapiens-vh": ("H",), "sapiens-vl": ("K", "L")}

@@ -65,7 +65,7 @@ def _examples(model: ms.MaskedLM, args: argparse.Namespace) -> list[list[int]]:
             c = c + [eos] * (args.n_tokens - len(c))
         out.append((p[len(p) - args.prompt_length:] if args.prompt_length else []) + c)
     if short_prompt:
-        warnings.warn(f"{short_prompt} examples dropped: prompt shorter than --prompt-length={args.prompt_length}")
+        warnings.warn(f"{short_prompt} examples dropped: prompt shorter than --prompt-length={args.prompt_length}", stacklevel=2)
     return out
 
 

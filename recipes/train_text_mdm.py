@@ -107,7 +107,8 @@ def train(out: Path, *, steps: int, seq_len: int = 64, vocab_size: int = 1000, h
     start = 0
     if ckpt.exists():  # resume exactly where the last save left off
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"]); opt.load_state_dict(state["opt"])
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
         start = state["step"]
     def lr_at(step: int) -> float:  # warm-up then cosine decay, a pure function of the step (resume-safe)
         return lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(step, steps) / max(steps, 1)))

@@ -14,8 +14,8 @@ if "MDM_SCHED_CACHE" not in os.environ:
 
     os.environ["MDM_SCHED_CACHE"] = tempfile.mkdtemp(prefix="mdm_sched_test_cache_")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

@@ -58,7 +58,7 @@ def test_germline_split_is_disjoint_complete_deterministic_and_by_gene():
     assert test != data.germline_records("human", "H", split="test", seed=1)
     small = data.germlines("human", "H", split="test", test_fraction=0.1)
     assert 0 < len(small) < len(test)
-    gene = lambda name: name.split("*")[0]  # noqa: E731
+    gene = lambda name: name.split("*")[0]
     assert not {gene(n) for n, _ in train} & {gene(n) for n, _ in test}  # alleles never straddle
 
 

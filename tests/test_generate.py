@@ -7,12 +7,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 from scipy.stats import chisquare
+from test_models import BERT_SPECIAL, TinyDream, TinyLLaDA, tiny_bert
 from torch import nn
 
 import mdm_sched as ms
 from mdm_sched import schedules
 from mdm_sched.oracle import MarkovChainOracle, TabularOracle
-from test_models import BERT_SPECIAL, TinyDream, TinyLLaDA, tiny_bert
 
 
 def _gen(seed: int = 0) -> torch.Generator:

@@ -16,7 +16,6 @@ from torch import nn
 import mdm_sched as ms
 from mdm_sched.models import LLADA_MASK_TOKEN_ID, detect_family, load_masked_lm, wrap
 
-
 # --------------------------------------------------------------------------------------------------
 # tiny random models with the published interfaces
 # --------------------------------------------------------------------------------------------------
@@ -296,7 +295,7 @@ def test_nan_or_inf_logits_raise(bad):
             logits[0, 0, 2] = bad
             return SimpleNamespace(logits=logits)
 
-    with pytest.raises(ValueError, match="NaN or \\+inf.*float32"):
+    with pytest.raises(ValueError, match=r"NaN or \+inf.*float32"):
         wrap(Broken(), mask_token_id=5).logits(torch.tensor([[5, 5]]))
 
 

@@ -149,7 +149,7 @@ def test_long_chain_has_exact_conditionals_and_nonlinear_profile():
     x = chain.sample(8, torch.Generator().manual_seed(0))
     out = chain(torch.where(torch.rand(8, 128, generator=torch.Generator().manual_seed(1)) < 0.5, x, 4))
     assert out.logits.shape == (8, 128, 5) and torch.isfinite(out.logits).all()
-    levels, mean, se = chain.entropy_profile(levels=[0, 32, 64, 96, 127], n_samples=200,
+    _levels, mean, _se = chain.entropy_profile(levels=[0, 32, 64, 96, 127], n_samples=200,
                                              generator=torch.Generator().manual_seed(2))
     assert np.all(np.diff(mean) < 0)
     # information arrives fastest early (concave f): the first quarter drops more than the last

@@ -17,8 +17,16 @@ import torch
 import mdm_sched as ms
 from mdm_sched import schedules
 from mdm_sched.oracle import MarkovChainOracle, TabularOracle
-from mdm_sched.profile import (InformationProfile, default_levels, estimate_profile, isotonic_nonincreasing,
-                               profile_command, add_profile_arguments, schedule_command, add_schedule_arguments)
+from mdm_sched.profile import (
+    InformationProfile,
+    add_profile_arguments,
+    add_schedule_arguments,
+    default_levels,
+    estimate_profile,
+    isotonic_nonincreasing,
+    profile_command,
+    schedule_command,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -108,7 +116,7 @@ def test_miscalibrated_model_profile_is_its_cross_entropy(tab):
 
 def test_markov_chain_profile_within_error(chain, chain_profile):
     prof = chain_profile
-    lv, g, g_se = chain.entropy_profile(levels=prof.levels, n_samples=1500, generator=torch.Generator().manual_seed(5))
+    _lv, g, g_se = chain.entropy_profile(levels=prof.levels, n_samples=1500, generator=torch.Generator().manual_seed(5))
     z = (prof.ce - g) / np.sqrt(prof.se ** 2 + g_se ** 2)
     assert np.all(np.abs(z) < 4.5), z
     assert prof.n_tokens == 16 and prof.metadata["sequences"] == 300
@@ -205,7 +213,7 @@ def test_interrupt_and_resume_gives_identical_profile(chain, tmp_path, monkeypat
     assert resumed.metadata["forwards"] == full.metadata["forwards"]
     again = estimate_profile(chain, data, checkpoint=ckpt, **kw)  # finished checkpoint: no more work
     assert again == full
-    with pytest.raises(ValueError, match="different arguments.*batch_size"):
+    with pytest.raises(ValueError, match=r"different arguments.*batch_size"):
         estimate_profile(chain, data, checkpoint=ckpt, **dict(kw, batch_size=8))
     ckpt.write_bytes(b"garbage")
     with pytest.raises(ValueError, match="corrupted"):
@@ -257,7 +265,8 @@ def test_two_processes_equal_one(tmp_path, launcher):
         # accelerate's CPU multi-process path: its torchrun-based launcher plus Accelerator(cpu=True)
         # (`--cpu --num_processes 2` would need MPI in accelerate 1.x)
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port())]
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(_free_port())]
     res = subprocess.run(cmd + [str(script), str(two), launcher], env=env, timeout=180, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     a, b = _dist_run(), InformationProfile.load(two)
