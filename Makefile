@@ -11,6 +11,7 @@ setup:
 
 # CI's command: the whole suite except GPU-only tests.
 test: setup
+	$(VENV)/bin/ruff check .
 	$(OFFLINE) $(VENV)/bin/python -m pytest -m "not gpu" $(PYTEST_ARGS)
 
 # The main job: profile AntiBERTy on human VH germlines, build schedules, generate, evaluate, report.
