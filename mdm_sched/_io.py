@@ -67,3 +67,19 @@ def read_json(path: str | os.PathLike, *, what: str) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{what} file {path} is not valid JSON ({exc}); was it truncated or written by another tool?") from exc
+
+
+def check_format(data: Any, *, fmt: str, version: int, what: str) -> dict[str, Any]:
+    """``data`` as a dict if it is an mdm_sched file of format ``fmt`` this library can read.
+
+    Refuses foreign objects and files from a newer format version with a message that says what to do.
+    """
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise ValueError(f"not an mdm_sched {what}: expected a JSON object with format={fmt!r}")
+    found = data.get("version", 0)
+    if isinstance(found, bool) or not isinstance(found, int):
+        raise ValueError(f"corrupted {what}: 'version' must be an integer, got {found!r}")
+    if found > version:
+        raise ValueError(f"{what} format version {found} is newer than this library understands ({version}); "
+                         "upgrade mdm_sched")
+    return data

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._io import atomic_write_json, read_json
+from ._io import atomic_write_json, check_format, read_json
 from .validation import check_int
 
 __all__ = [
@@ -159,11 +159,8 @@ class Schedule:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Schedule:
-        if not isinstance(data, Mapping) or data.get("format") != _FORMAT:
-            raise ValueError("not an mdm_sched schedule: expected a mapping with format='mdm_sched.schedule'")
-        if data.get("version", 0) > _FORMAT_VERSION:
-            raise ValueError(f"schedule format version {data.get('version')} is newer than this library "
-                             f"understands ({_FORMAT_VERSION}); upgrade mdm_sched")
+        data = check_format(dict(data) if isinstance(data, Mapping) else data, fmt=_FORMAT, version=_FORMAT_VERSION,
+                            what="schedule")
         sched = cls(data["sizes"], name=data.get("name"), metadata=data.get("metadata"))
         if "n_tokens" in data and data["n_tokens"] != sched.n_tokens:
             raise ValueError(f"corrupted schedule: sizes sum to {sched.n_tokens} but n_tokens={data['n_tokens']}")
