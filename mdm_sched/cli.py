@@ -53,20 +53,13 @@ def generate_command(args: argparse.Namespace) -> int:
 
     dtype = getattr(torch, args.dtype) if args.dtype else None
     model = ms.load_masked_lm(args.model, device=args.device, dtype=dtype, trust_remote_code=args.trust_remote_code)
-    span = args.block_length or args.gen_length
-    steps = args.steps or span
-    if os.path.isfile(args.schedule):
-        schedule = ms.Schedule.load(args.schedule)
-    elif args.schedule in ("optimal", "sqrt"):
-        if not args.profile:
-            raise SystemExit(f"--schedule {args.schedule} needs --profile PROFILE.json (make one with `mdm-sched profile`)")
-        profile = ms.InformationProfile.load(args.profile)
-        schedule = schedules.build(args.schedule, span, steps, profile)
-    else:
-        schedule = schedules.build(args.schedule, span, steps)
+    steps = args.steps or args.block_length or args.gen_length
+    schedule = ms.Schedule.load(args.schedule) if os.path.isfile(args.schedule) else args.schedule
+    if schedule in schedules.NEED_PROFILE and not args.profile:
+        raise SystemExit(f"--schedule {schedule} needs --profile PROFILE.json (make one with `mdm-sched profile`)")
     generator = torch.Generator().manual_seed(args.seed)
-    out = ms.generate(model, prompts=args.prompt, gen_length=args.gen_length, schedule=schedule,
-                      num_samples=None if args.prompt else args.num_samples, order=args.order,
+    out = ms.generate(model, prompts=args.prompt, gen_length=args.gen_length, schedule=schedule, steps=steps,
+                      profile=args.profile, num_samples=None if args.prompt else args.num_samples, order=args.order,
                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                       block_length=args.block_length, generator=generator, progress=True)
     texts = out.texts if out.texts is not None else [" ".join(map(str, row)) for row in out.generated.tolist()]

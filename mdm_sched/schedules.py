@@ -10,13 +10,17 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ._io import atomic_write_json, check_format, read_json
-from .validation import check_int
+from .rules import FixedSchedule, RevealRule
+from .validation import check_int, is_int
+
+if TYPE_CHECKING:
+    from ._types import ScheduleLike
 
 __all__ = [
     "Schedule",
@@ -31,6 +35,9 @@ __all__ = [
     "nll_bound",
     "predicted_gain",
     "factorization_error",
+    "resolve",
+    "as_rule",
+    "NEED_PROFILE",
 ]
 
 _FORMAT = "mdm_sched.schedule"
@@ -110,6 +117,23 @@ class Schedule:
     @property
     def max_size(self) -> int:
         return max(self._sizes)
+
+    def transfer_counts(self, n_masked: int | torch.Tensor) -> torch.Tensor:
+        """Tokens each call reveals for rows with ``n_masked`` masked positions, shaped like LLaDA's
+        ``get_num_transfer_tokens``: ``[T]`` for an int, ``[B, T]`` for a ``[B]`` tensor.
+
+        Call ``t`` reveals ``floor(K_t n / N) - floor(K_{t-1} n / N)`` positions, so a row with ``n == N``
+        gets exactly :attr:`sizes` and any ``n`` is revealed in ``T`` calls with the schedule's shape.
+        This is what :func:`mdm_sched.generate` applies per block; it also drops the schedule into another
+        loop (see the README: the optimal schedule inside LLaDA's own ``generate``).
+        """
+        scalar = not isinstance(n_masked, torch.Tensor)
+        n = torch.as_tensor(n_masked, dtype=torch.long).reshape(-1, 1)
+        if bool((n < 0).any()):
+            raise ValueError(f"n_masked must be >= 0, got {n_masked!r}")
+        cum = torch.tensor(self.cumulative, dtype=torch.long, device=n.device)
+        counts = torch.diff((cum.unsqueeze(0) * n) // self.n_tokens, dim=1)
+        return counts[0] if scalar else counts
 
     def as_tensor(self, device: torch.device | str | None = None) -> torch.Tensor:
         """Sizes as a LongTensor."""
@@ -459,6 +483,8 @@ def predicted_gain(curve: Any, steps: int, *, n_tokens: int | None = None) -> fl
 
 
 BUILDERS = ("constant", "linear", "cosine", "geometric", "geometric_tc", "optimal", "sqrt")
+#: builders that need a CE curve or an information profile
+NEED_PROFILE = ("optimal", "sqrt")
 
 
 def build(name: str, n_tokens: int, steps: int, curve_or_profile: Any = None) -> Schedule:
@@ -478,3 +504,52 @@ def build(name: str, n_tokens: int, steps: int, curve_or_profile: Any = None) ->
         fn = optimal if name == "optimal" else sqrt_rule
         return fn(curve_or_profile, steps, n_tokens=n_tokens)
     raise ValueError(f"unknown schedule name {name!r}; choose one of {', '.join(BUILDERS)}")
+
+
+def _profile_or_path(profile: Any) -> Any:
+    """An InformationProfile from a path (str / PathLike), or the argument unchanged."""
+    if isinstance(profile, (str, Path)):
+        from .profile import InformationProfile
+
+        return InformationProfile.load(profile)
+    return profile
+
+
+def resolve(spec: ScheduleLike, n_tokens: int, *, steps: int | None = None, profile: Any = None,
+            argname: str = "n_tokens") -> Schedule | RevealRule:
+    """What a ``schedule=`` argument means for blocks of ``n_tokens`` positions.
+
+    A :class:`Schedule` or a list of sizes must reveal exactly ``n_tokens``; an int ``T`` is
+    ``constant(n_tokens, T)`` (calls per block); a builder name needs ``steps`` (and ``profile`` for
+    ``"optimal"``/``"sqrt"``: an InformationProfile, a CE curve or a profile file path); a reveal rule
+    (e.g. :func:`threshold`) is returned as it is.
+    """
+    if isinstance(spec, RevealRule):
+        return spec
+    if isinstance(spec, (list, tuple)) and all(is_int(k) for k in spec):
+        spec = Schedule(spec)
+    if isinstance(spec, Schedule):
+        FixedSchedule(spec).check_length(n_tokens, argname)
+        return spec
+    if is_int(spec):
+        t = check_int(spec, "schedule", minimum=1, hint=" (model calls per block)")
+        if t > n_tokens:
+            raise ValueError(f"schedule={t} calls per block > {argname}={n_tokens} tokens: each call reveals at least "
+                             f"one token, so use at most {n_tokens} calls per block")
+        return constant(n_tokens, t)
+    if isinstance(spec, str):
+        if steps is None:
+            raise ValueError(f"schedule={spec!r} needs steps=<number of model calls per block>")
+        t = check_int(steps, "steps", minimum=1, maximum=n_tokens, hint=f" (calls per block, at most {argname}={n_tokens})")
+        return build(spec, n_tokens, t, _profile_or_path(profile))
+    raise TypeError("schedule must be a Schedule, a list of per-call sizes, an int (calls per block, constant schedule), "
+                    f"a builder name ({', '.join(BUILDERS)}) or a reveal rule; got {type(spec).__name__}")
+
+
+def as_rule(spec: ScheduleLike, n_tokens: int, *, steps: int | None = None, profile: Any = None,
+            argname: str = "n_tokens") -> RevealRule:
+    """:func:`resolve`, with a schedule wrapped as a :class:`~mdm_sched.rules.FixedSchedule` rule."""
+    found = resolve(spec, n_tokens, steps=steps, profile=profile, argname=argname)
+    rule = found if isinstance(found, RevealRule) else FixedSchedule(found)
+    rule.check_length(n_tokens, argname)
+    return rule

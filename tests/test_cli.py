@@ -40,7 +40,7 @@ def test_generate_bad_input_is_one_clear_line(capsys):
     assert code == 2
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]
-    assert last.startswith("mdm-sched generate: error:") and "steps=11" in last
+    assert last.startswith("mdm-sched generate: error:") and "steps must be <= 10" in last and "got 11" in last
 
 
 def test_generate_optimal_needs_a_profile():

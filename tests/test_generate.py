@@ -138,7 +138,7 @@ def test_seeded_runs_reproduce():
 # --------------------------------------------------------------------------------------------------
 
 def llada_reference(model: nn.Module, prompt: torch.Tensor, gen_length: int, block_length: int, steps: int,
-                    mask_id: int) -> torch.Tensor:
+                    mask_id: int, quota=None) -> torch.Tensor:
     """LLaDA (Nie et al. 2025), Algorithm 'low-confidence remasking', written from the paper's description:
     semi-autoregressive blocks; in each block the masked count is split evenly over the steps (remainder
     to the first steps); at each step the model predicts every masked position (argmax, temperature 0),
@@ -152,6 +152,8 @@ def llada_reference(model: nn.Module, prompt: torch.Tensor, gen_length: int, blo
         n_masked = (x[:, p + blk * block_length:hi] == mask_id).sum(1)
         base, rem = n_masked // steps, n_masked % steps
         num_transfer = base.unsqueeze(1) + (torch.arange(steps).unsqueeze(0) < rem.unsqueeze(1)).long()
+        if quota is not None:  # the README's drop-in: a library schedule inside this loop
+            num_transfer = quota(n_masked)
         for i in range(steps):
             mask_index = x == mask_id
             logits = model(x).logits.double()
@@ -176,6 +178,69 @@ def test_confidence_order_equals_llada_reference(gen_length, block_length, steps
                       order="confidence", temperature=0.0)
     assert torch.equal(out.sequences, want)
     assert out.nfe == steps * (gen_length // block_length)
+
+
+def test_optimal_schedule_inside_llada_loop_equals_generate():
+    """The plug-in seam: Schedule.transfer_counts replaces LLaDA's quota in LLaDA's own loop, and that loop
+    then produces exactly what ms.generate produces with the same schedule."""
+    model = TinyLLaDA(seed=5)
+    prompt = torch.tensor([[5, 6, 7], [1, 2, 3]])
+    curve = 3.0 * torch.exp(-torch.arange(8, dtype=torch.float64) / 2.0)
+    sched = schedules.optimal(curve, 3)
+    assert sched.sizes != schedules.constant(8, 3).sizes
+    want = llada_reference(model, prompt, 16, 8, 3, mask_id=39, quota=sched.transfer_counts)
+    out = ms.generate(model, prompt, gen_length=16, block_length=8, schedule=sched, order="confidence", temperature=0)
+    assert torch.equal(out.sequences, want) and out.nfe == 6
+
+
+class TwoPerCall(ms.rules.RevealRule):
+    """A test-only adaptive rule: reveal the two best-ranked positions whose confidence is above 0.01."""
+
+    stats = frozenset({"confidence"})
+    name = "two-per-call"
+
+    def planned_calls(self, length):
+        return None
+
+    def counts(self, step):
+        conf = step.ranked["confidence"]
+        good = (conf[:, :2] > 0.01) & step.ranked.valid[:, :2]
+        return ms.rules.cap_counts(good.sum(1), step, None)
+
+
+class LeftToRight(ms.orders.Order):
+    """A test-only order: leftmost masked position first, no model needed to choose."""
+
+    name = "left-to-right"
+    uses_model = False
+
+    def scores(self, candidates, attention, draw, rng):
+        cols = torch.arange(candidates.shape[1], dtype=torch.float32)
+        return (-cols).expand(candidates.shape).masked_fill(~candidates, float("-inf"))
+
+
+def test_rules_and_orders_plug_in_without_touching_the_loop():
+    model = TinyLLaDA(seed=2)
+    out = ms.generate(model, [[1, 2, 3]], gen_length=7, schedule=TwoPerCall(), order="confidence", temperature=0)
+    assert out.nfe == 4 and out.block_schedules == []  # 2 + 2 + 2 + 1
+    assert sorted((out.reveal_step[0, 3:]).tolist()) == [1, 1, 2, 2, 3, 3, 4]
+    assert out.calls_per_row.tolist() == [4]
+    ltr = ms.generate(model, gen_length=6, schedule=[1, 2, 3], order=LeftToRight(), generator=_gen(0))
+    assert ltr.reveal_step[0].tolist() == [1, 2, 2, 3, 3, 3]
+
+
+def test_generation_config_and_overrides():
+    model = TinyLLaDA(seed=2)
+    cfg = ms.MaskedGenerationConfig(gen_length=8, schedule=4, order="confidence", temperature=0)
+    a = ms.generate(model, [[1, 2]], generation_config=cfg)
+    b = ms.generate(model, [[1, 2]], gen_length=8, schedule=4, order="confidence", temperature=0)
+    assert torch.equal(a.sequences, b.sequences) and a.config == b.config
+    c = ms.generate(model, [[1, 2]], generation_config=cfg, schedule=2)
+    assert c.nfe == 2 and cfg.schedule == 4  # overrides do not change the config object
+    with pytest.raises(TypeError, match="unknown generation setting.*temprature"):
+        ms.generate(model, generation_config=cfg, temprature=0.5)
+    with pytest.raises(ValueError, match="gen_length is required"):
+        ms.generate(model, schedule=2)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -337,7 +402,7 @@ def test_bad_input_errors():
         ms.generate(oracle, gen_length=4, schedule=[1, 2])
     with pytest.raises(ValueError, match=r"sum to 4 but block_length=2"):
         ms.generate(TinyLLaDA(), gen_length=4, block_length=2, schedule=[2, 2])
-    with pytest.raises(ValueError, match="steps > gen_length"):
+    with pytest.raises(ValueError, match="calls per block > gen_length"):
         ms.generate(oracle, gen_length=4, schedule=5)
     with pytest.raises(ValueError, match="steps="):
         ms.generate(oracle, gen_length=4, schedule="cosine")
@@ -391,13 +456,13 @@ def test_progress_bar_and_bare_module_drop_in(capsys):
 
 def test_chunked_sampling_is_the_same_sampler(monkeypatch):
     """Large [P, V] logits are sampled in row chunks; chunking must change neither greedy output nor the law."""
-    import mdm_sched.sampling as sampling
+    import mdm_sched.draw as draw
 
     model = TinyLLaDA(seed=4)
     kwargs = dict(gen_length=12, schedule=3, order="margin", temperature=0.0)
     whole = ms.generate(model, [[1, 2], [3, 4]], **kwargs)
     oracle = TabularOracle.random(vocab_size=3, n_tokens=4, seed=8)
-    monkeypatch.setattr(sampling, "SAMPLE_CHUNK_ELEMENTS", 100)  # 2 rows of 40 logits per chunk
+    monkeypatch.setattr(draw, "SAMPLE_CHUNK_ELEMENTS", 100)  # 2 rows of 40 logits per chunk
     assert torch.equal(ms.generate(model, [[1, 2], [3, 4]], **kwargs).sequences, whole.sequences)
     out = ms.generate(oracle, gen_length=4, schedule=[2, 2], num_samples=10000, generator=_gen(6))
     assert_law(oracle.index_of(out.sequences), oracle.sampler_law([2, 2]))

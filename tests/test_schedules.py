@@ -338,3 +338,33 @@ def test_dp_is_fast_enough():
     s = S.optimal(curve, 64)
     assert s.steps == 64
     assert time.perf_counter() - t0 < 5.0
+
+
+# -- transfer_counts: the schedule in a foreign loop ------------------------------------------------
+
+def llada_num_transfer_tokens(mask_index: torch.Tensor, steps: int) -> torch.Tensor:
+    """LLaDA's per-step quota, from its description: an even split, the remainder to the first steps."""
+    n = mask_index.sum(1, keepdim=True)
+    base, rem = n // steps, n % steps
+    return base + (torch.arange(steps).unsqueeze(0) < rem).long()
+
+
+def test_transfer_counts_of_constant_equal_llada_quota():
+    mask_index = torch.tensor([[True] * 12, [True] * 12])
+    sched = S.constant(12, 5)
+    assert torch.equal(sched.transfer_counts(mask_index.sum(1)), llada_num_transfer_tokens(mask_index, 5))
+    assert sched.transfer_counts(12).tolist() == list(sched.sizes)
+
+
+@pytest.mark.parametrize("sizes", [(1, 2, 3), (5, 1), (1, 1, 1, 1)])
+def test_transfer_counts_keep_the_shape_for_any_row(sizes):
+    sched = S.Schedule(sizes)
+    n = torch.tensor([0, 1, sched.n_tokens, 2 * sched.n_tokens + 1, 17])
+    counts = sched.transfer_counts(n)
+    assert counts.shape == (5, sched.steps) and (counts >= 0).all()
+    assert torch.equal(counts.sum(1), n)
+    cum = counts.cumsum(1)
+    want = (torch.tensor(sched.cumulative[1:]).unsqueeze(0) * n.unsqueeze(1)) // sched.n_tokens
+    assert torch.equal(cum, want)
+    with pytest.raises(ValueError, match="n_masked"):
+        sched.transfer_counts(torch.tensor([-1]))

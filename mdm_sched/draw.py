@@ -1,0 +1,124 @@
+"""Turning ``[P, V]`` logits into tokens: temperature, top-k, top-p, an exact draw, and per-position statistics.
+
+Logits arrive in float32 with never-sampled ids at ``-inf``. The draw is exact: a categorical sample by
+inversion of the float64 CDF (one uniform per position, the same law as Gumbel-max with a fraction of
+the random numbers); temperature 0 is greedy. Whatever the sampling controls, the statistics reported
+(``logp`` of the drawn token, ``entropy``, ``margin``) are those of the temperature-1 model distribution,
+which is what orders rank by and what the likelihood bounds use.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["SamplingParams", "Draw", "draw_tokens", "SAMPLE_CHUNK_ELEMENTS"]
+
+#: Rows of ``[P, V]`` logits processed at once: bounds the float64 temporaries (8 bytes x this many
+#: elements each) for large vocabularies and many candidate positions.
+SAMPLE_CHUNK_ELEMENTS = 1 << 22
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How a token is drawn from a position's distribution (validated by the generation config)."""
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+
+    @property
+    def plain(self) -> bool:
+        """Temperature 1 without truncation: the draw needs no rescaled copy of the logits."""
+        return self.temperature == 1.0 and self.top_k is None and (self.top_p is None or self.top_p >= 1.0)
+
+
+@dataclass
+class Draw:
+    """One drawn token per position and its statistics under the temperature-1 model (``[P]`` each).
+
+    ``entropy`` and ``margin`` (``p_1 - p_2``, the two largest probabilities) are computed only when asked for.
+    """
+
+    tokens: torch.Tensor
+    logp: torch.Tensor
+    entropy: torch.Tensor | None = None
+    margin: torch.Tensor | None = None
+
+    def statistic(self, name: str) -> torch.Tensor:
+        """``confidence`` (probability of the drawn token), ``entropy`` or ``margin``."""
+        if name == "confidence":
+            return self.logp.exp()
+        value = getattr(self, name, None) if name in ("entropy", "margin") else None
+        if value is None:
+            raise KeyError(f"statistic {name!r} was not computed for this draw")
+        return value
+
+
+def _truncate(z: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Tempered logits with top-k / top-p applied (dropped ids at ``-inf``)."""
+    z = z / params.temperature
+    if params.top_k is not None and params.top_k < z.shape[-1]:
+        kth = z.topk(params.top_k, dim=-1).values[:, -1:]
+        z = z.masked_fill(z < kth, float("-inf"))
+    if params.top_p is not None and params.top_p < 1.0:
+        sorted_z, perm = z.sort(dim=-1, descending=True)
+        probs = torch.softmax(sorted_z, dim=-1)
+        # drop a token once the mass strictly before it already reaches top_p (the top token stays)
+        drop_sorted = (probs.cumsum(dim=-1) - probs) >= params.top_p
+        z = z.masked_fill(torch.zeros_like(drop_sorted).scatter_(-1, perm, drop_sorted), float("-inf"))
+    return z
+
+
+def _draw_chunk(logits: torch.Tensor, params: SamplingParams, u: torch.Tensor,
+                want: frozenset[str]) -> Draw:
+    peak = logits.amax(dim=-1, keepdim=True)
+    if bool((peak == float("-inf")).any()):
+        raise ValueError("every token is suppressed at some position (all logits -inf): loosen allowed_tokens / "
+                         "suppress_tokens")
+    lse = None
+    if params.temperature == 0.0:
+        tokens = logits.argmax(dim=-1)
+    else:
+        z = logits if params.plain else _truncate(logits, params)
+        z_peak = peak if params.plain else z.amax(dim=-1, keepdim=True)
+        # In place: one float64 buffer per chunk.
+        cdf = z.double().sub_(z_peak).exp_().cumsum_(dim=-1)
+        total = cdf[:, -1:]
+        tokens = torch.searchsorted(cdf, u.unsqueeze(1).mul(total), right=True).squeeze(1).clamp_(max=z.shape[-1] - 1)
+        if params.plain:  # the normaliser comes for free: log sum exp = peak + log(cdf[-1])
+            lse = (peak.double() + total.log()).float()
+        del cdf
+    if lse is None:
+        lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+    out = Draw(tokens=tokens, logp=(logits.gather(-1, tokens.unsqueeze(-1)) - lse).squeeze(-1))
+    if "margin" in want:
+        top = (logits.topk(min(2, logits.shape[-1]), dim=-1).values - lse).exp()
+        out.margin = top[:, 0] - top[:, 1] if top.shape[1] > 1 else top[:, 0]
+    if "entropy" in want:
+        logp = logits - lse
+        out.entropy = -torch.where(logp > float("-inf"), logp.exp() * logp, torch.zeros_like(logp)).sum(-1)
+    return out
+
+
+def draw_tokens(logits: torch.Tensor, params: SamplingParams, uniforms: torch.Tensor,
+                want: frozenset[str] = frozenset()) -> Draw:
+    """Draw one token per row of ``logits [P, V]``, in chunks of rows that bound the temporaries.
+
+    Args:
+        logits: float32 ``[P, V]``, never-sampled ids at ``-inf``.
+        params: temperature (0 = greedy), top-k, top-p.
+        uniforms: ``[P]`` float64 uniforms (one per position; unused when greedy).
+        want: extra statistics to compute: ``"entropy"``, ``"margin"``.
+    """
+    rows = max(1, SAMPLE_CHUNK_ELEMENTS // max(1, logits.shape[-1]))
+    parts = [_draw_chunk(logits[i:i + rows], params, uniforms[i:i + rows], want)
+             for i in range(0, logits.shape[0], rows)]
+    if len(parts) == 1:
+        return parts[0]
+
+    def cat(name: str) -> torch.Tensor | None:
+        values = [getattr(p, name) for p in parts]
+        return None if values[0] is None else torch.cat(values)
+
+    return Draw(tokens=cat("tokens"), logp=cat("logp"), entropy=cat("entropy"), margin=cat("margin"))  # type: ignore[arg-type]
