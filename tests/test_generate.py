@@ -237,7 +237,7 @@ def test_generation_config_and_overrides():
     assert torch.equal(a.sequences, b.sequences) and a.config == b.config
     c = ms.generate(model, [[1, 2]], generation_config=cfg, schedule=2)
     assert c.nfe == 2 and cfg.schedule == 4  # overrides do not change the config object
-    with pytest.raises(TypeError, match="unknown generation setting.*temprature"):
+    with pytest.raises(TypeError, match=r"unknown generation setting.*temprature"):
         ms.generate(model, generation_config=cfg, temprature=0.5)
     with pytest.raises(ValueError, match="gen_length is required"):
         ms.generate(model, schedule=2)
