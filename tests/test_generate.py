@@ -466,3 +466,22 @@ def test_chunked_sampling_is_the_same_sampler(monkeypatch):
     assert torch.equal(ms.generate(model, [[1, 2], [3, 4]], **kwargs).sequences, whole.sequences)
     out = ms.generate(oracle, gen_length=4, schedule=[2, 2], num_samples=10000, generator=_gen(6))
     assert_law(oracle.index_of(out.sequences), oracle.sampler_law([2, 2]))
+
+
+@pytest.mark.parametrize("temperature", [1e-40, 1e-300, 1e39, 1e300])
+def test_extreme_temperatures_sample_valid_tokens(temperature):
+    """Tiny temperatures act greedily, huge ones uniformly over the allowed ids; never the mask or a NaN draw."""
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05], dtype=torch.float64)
+    oracle = TabularOracle(probs, vocab_size=4, n_tokens=1)
+    out = ms.generate(oracle, gen_length=1, schedule=1, num_samples=4000, temperature=temperature, top_p=0.99,
+                      generator=_gen(1))
+    assert (out.sequences < 4).all()
+    if temperature < 1:
+        assert (out.sequences == 0).all()
+    else:
+        assert_law(out.sequences[:, 0], torch.full((4,), 0.25, dtype=torch.float64))
+    for order in ("confidence", "margin", "entropy"):
+        model = TinyLLaDA(seed=1)
+        out = ms.generate(model, gen_length=6, schedule=3, num_samples=3, order=order, temperature=temperature,
+                          top_k=5, generator=_gen(2))
+        assert (out.generated != 39).all() and (out.generated < 40).all()
