@@ -14,7 +14,7 @@ import torch
 from .canvas import Block, Canvas
 from .models import MaskedLM
 
-__all__ = ["Forward", "PlainForward"]
+__all__ = ["Forward", "PlainForward", "GuidedForward", "make_forward"]
 
 
 class Forward(ABC):
@@ -39,3 +39,30 @@ class PlainForward(Forward):
 
     def logits(self, canvas: Canvas, positions: torch.Tensor, block: Block, call: int) -> torch.Tensor:
         return self.mlm.logits(canvas.x, canvas.attention, positions=positions)
+
+
+class GuidedForward(Forward):
+    """LLaDA's unsupervised classifier-free guidance: ``un + (scale + 1) (cond - un)``.
+
+    The unconditional pass sees the same canvas with every prompt token replaced by the mask id; both passes
+    run as one batched forward (``2B`` rows), as LLaDA's ``generate(cfg_scale=...)`` does.
+    """
+
+    def __init__(self, mlm: MaskedLM, scale: float) -> None:
+        super().__init__(mlm)
+        self.scale = float(scale)
+
+    def logits(self, canvas: Canvas, positions: torch.Tensor, block: Block, call: int) -> torch.Tensor:
+        cols = torch.arange(canvas.x.shape[1], device=canvas.x.device)
+        prompt = canvas.attention & (cols < canvas.prompt_length)
+        uncond = canvas.x.masked_fill(prompt, self.mlm.mask_token_id)
+        both = self.mlm.logits(torch.cat([canvas.x, uncond]), torch.cat([canvas.attention, canvas.attention]),
+                               positions=torch.cat([positions, positions]))
+        cond, un = both.chunk(2, dim=0)
+        guided = un + (self.scale + 1.0) * (cond - un)
+        return guided.masked_fill(torch.isinf(cond), float("-inf"))  # never-sampled ids stay -inf (not NaN)
+
+
+def make_forward(mlm: MaskedLM, cfg_scale: float = 0.0) -> Forward:
+    """The forward strategy for a run's settings."""
+    return GuidedForward(mlm, cfg_scale) if cfg_scale > 0 else PlainForward(mlm)

@@ -27,7 +27,7 @@ from ._types import ModelLike, PromptLike
 from .canvas import Block, Canvas, plan_blocks, prompt_tensors
 from .config import MaskedGenerationConfig
 from .draw import Draw, draw_tokens
-from .forward import Forward, PlainForward
+from .forward import Forward, make_forward
 from .hooks import Hooks, StepState, Streamer
 from .models import MaskedLM, wrap
 from .orders import ORDERS as _ORDERS
@@ -35,6 +35,7 @@ from .orders import Order, get_order
 from .rng import Randomness
 from .rules import FixedSchedule, RankedStats, RevealRule, Step
 from .schedules import Schedule
+from .stopping import Stopping
 from .validation import check_generator
 
 __all__ = ["generate", "GenerationOutput", "ORDERS"]
@@ -87,7 +88,7 @@ class _Loop:
     rule: RevealRule
     order: Order
     rng: Randomness
-    eos: int | None
+    stopping: Stopping
     forward: Forward
     hooks: Hooks
     nfe: int = 0
@@ -125,7 +126,7 @@ def generate(model: ModelLike, prompts: PromptLike | None = None, *,
         **settings: any :class:`~mdm_sched.config.MaskedGenerationConfig` field: ``gen_length``, ``schedule``
             (a Schedule, sizes, an int = calls *per block*, a builder name with ``steps``, or a reveal rule),
             ``steps``, ``profile``, ``num_samples``, ``order``, ``temperature``, ``top_k``, ``top_p``,
-            ``block_length``, ``stop_at_eos``, ``return_history``.
+            ``block_length``, ``stop_at_eos``, ``stop_strings``, ``cfg_scale``, ``return_history``.
 
     Returns:
         :class:`GenerationOutput`.
@@ -141,18 +142,27 @@ def generate(model: ModelLike, prompts: PromptLike | None = None, *,
         return _generate(mlm, prompts, cfg, generator, attention_mask, progress, hooks)
 
 
-def _eos_id(mlm: MaskedLM, stop_at_eos: bool | int) -> int | None:
-    if stop_at_eos is False:
-        return None
-    eos = mlm.eos_token_id if stop_at_eos is True else stop_at_eos
-    if eos is None:
+def _stopping(mlm: MaskedLM, cfg: MaskedGenerationConfig) -> Stopping:
+    """EOS ids (checked against the vocabulary and the never-sampled ids) and stop strings."""
+    stop = cfg.stop_at_eos
+    if stop is True and mlm.eos_token_id is None:
         raise ValueError("stop_at_eos=True but the model has no known EOS id: pass stop_at_eos=<eos token id>")
-    if eos >= mlm.vocab_size:
-        raise ValueError(f"stop_at_eos={eos} is not a token id of this model (vocabulary size {mlm.vocab_size})")
-    if bool(mlm._suppression(mlm.vocab_size, torch.device("cpu"))[eos]):
-        raise ValueError(f"stop_at_eos: EOS id {eos} is never sampled by this model (it is a framing or suppressed "
-                         "token); pass a samplable id or stop_at_eos=False")
-    return int(eos)
+    ids = [] if stop is False else [mlm.eos_token_id] if stop is True else [stop] if isinstance(stop, int) else list(stop)
+    never = mlm._suppression(mlm.vocab_size, torch.device("cpu"))
+    for eos in ids:
+        if eos >= mlm.vocab_size:
+            raise ValueError(f"stop_at_eos={eos} is not a token id of this model (vocabulary size {mlm.vocab_size})")
+        if bool(never[eos]):
+            raise ValueError(f"stop_at_eos: EOS id {eos} is never sampled by this model (it is a framing or suppressed "
+                             "token); pass a samplable id or stop_at_eos=False")
+    strings = cfg.stop_strings or ()
+    fill = ids[0] if ids else mlm.eos_token_id if mlm.eos_token_id is not None else mlm.pad_token_id
+    if strings:
+        if mlm.tokenizer is None:
+            raise ValueError("stop_strings need a tokenizer to decode the samples: wrap(model, tokenizer=...)")
+        if fill is None:
+            raise ValueError("stop_strings need an id to fill finished rows with: pass stop_at_eos=<eos id>")
+    return Stopping(ids, fill, strings, decode=mlm.decode if strings else None)
 
 
 def _canvas(mlm: MaskedLM, prompts: PromptLike | None, cfg: MaskedGenerationConfig,
@@ -195,8 +205,8 @@ def _generate(mlm: MaskedLM, prompts: PromptLike | None, cfg: MaskedGenerationCo
     rule = _rule(cfg, blocks)
     hooks.check(canvas.x.shape[0])
     loop = _Loop(mlm=mlm, cfg=cfg, canvas=canvas, rule=rule, order=get_order(cfg.order),
-                 rng=Randomness(generator, canvas.x.shape[0], canvas.x.device), eos=_eos_id(mlm, cfg.stop_at_eos),
-                 forward=PlainForward(mlm), hooks=hooks, history=[] if cfg.return_history else None)
+                 rng=Randomness(generator, canvas.x.shape[0], canvas.x.device), stopping=_stopping(mlm, cfg),
+                 forward=make_forward(mlm, cfg.cfg_scale), hooks=hooks, history=[] if cfg.return_history else None)
     planned = [rule.planned_calls(b.length) for b in blocks]
     if progress:
         from tqdm.auto import tqdm
@@ -265,8 +275,7 @@ def _step(loop: _Loop, block: Block, step: Step) -> bool:
     canvas.commit(select, tokens, logp, loop.nfe)
     if loop.history is not None:
         loop.history.append((select.nonzero().cpu(), tokens.cpu()))
-    if loop.eos is not None:
-        canvas.fill_after_eos(loop.eos, loop.nfe)
+    loop.stopping.apply(canvas, loop.nfe)
     return True
 
 
