@@ -220,7 +220,7 @@ def test_positions_only_logits_match_full_and_skip_the_head_elsewhere():
     pos = ids == 3
     full = mlm.logits(ids)
     first = mlm.logits(ids, positions=pos)  # first call: verifies the head shortcut against full logits
-    assert mlm._head_verified
+    assert mlm.head.verified
     seen = []
     hook = mlm.model.cls.register_forward_hook(lambda m, inp, out: seen.append(tuple(out.shape)))
     try:
