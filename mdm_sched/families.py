@@ -32,6 +32,7 @@ becomes a new field with a default that keeps the existing entries unchanged.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -85,7 +86,8 @@ class Family:
 
     Attributes:
         name: the registry key and ``MaskedLM.family``.
-        framing: put the framing tokens (CLS/BOS before, SEP/EOS after) around the content.
+        framing: put the framing tokens (CLS/BOS before, SEP/EOS after) around the content (this
+            implies the right-padded layout: the suffix follows each row's last real token).
         right_pad: re-lay rows out right-padded inside the forward, so absolute position embeddings
             (BERT's arange, RoBERTa's padding_idx offsets) see each row as if it were alone.
         shifted_logits: the logits at position ``i`` predict token ``i + 1`` (Dream); the adapter reads
@@ -117,8 +119,8 @@ class Family:
     description: str = ""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name.isidentifier():
-            raise ValueError(f"Family name must be an identifier-like string such as 'mdlm', got {self.name!r}")
+        if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
+            raise ValueError(f"Family name must be letters, digits, '_', '.' or '-' (e.g. 'mdlm'), got {self.name!r}")
         mask = self.default_mask_token_id
         if mask is not None and (not isinstance(mask, int) or isinstance(mask, bool) or mask < 0):
             raise ValueError(f"default_mask_token_id must be None or a non-negative int, got {mask!r}")

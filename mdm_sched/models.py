@@ -354,11 +354,15 @@ class _AdapterCache(dict):
         return _AdapterCache()
 
 
-def _adapter_cache(module: nn.Module) -> _AdapterCache:
-    cache = module.__dict__.get(_CACHE_ATTR)
-    if not isinstance(cache, _AdapterCache) or cache.owner is None or cache.owner() is not module:
-        cache = _AdapterCache(module)  # none yet, or one a shallow copy shares with its original
-        module.__dict__[_CACHE_ATTR] = cache
+def _adapter_cache(module: nn.Module) -> _AdapterCache | None:
+    """The module's adapter cache (created on first use); ``None`` for a module that cannot hold one."""
+    try:
+        cache = module.__dict__.get(_CACHE_ATTR)
+        if not isinstance(cache, _AdapterCache) or cache.owner is None or cache.owner() is not module:
+            cache = _AdapterCache(module)  # none yet, or one a shallow copy shares with its original
+            module.__dict__[_CACHE_ATTR] = cache
+    except (AttributeError, TypeError):  # e.g. no writable __dict__ or no weak references
+        return None
     return cache
 
 
@@ -418,12 +422,12 @@ def wrap(model: nn.Module | MaskedLM, tokenizer: Any = None, mask_token_id: int 
         key: tuple | None = (id(tokenizer), *sorted((k, _freeze(v)) for k, v in options.items()))
     except TypeError:
         key = None  # e.g. a one-shot iterator of token ids: build a fresh adapter
-    cache = _adapter_cache(model)
-    found = cache.get(key) if key is not None else None
+    cache = _adapter_cache(model) if key is not None else None
+    found = cache.get(key) if cache is not None else None
     if found is not None and found.tokenizer is tokenizer:
         return found
     adapter = MaskedLM(model, tokenizer=tokenizer, **options)
-    if key is not None:
+    if cache is not None:
         cache[key] = adapter
     return adapter
 

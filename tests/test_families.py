@@ -62,7 +62,7 @@ def test_register_refuses_duplicates_and_bad_entries(register):
     with pytest.raises(ValueError, match="replace=True"):
         register(Family("toy_dup"))
     assert register(Family("toy_dup", shifted_logits=True), replace=True).shifted_logits
-    with pytest.raises(ValueError, match="identifier"):
+    with pytest.raises(ValueError, match="letters, digits"):
         Family("not a name")
     with pytest.raises(ValueError, match="default_mask_token_id"):
         Family("toy_bad", default_mask_token_id=-1)
