@@ -204,10 +204,6 @@ class MaskedLM:
         """
         return self.tokens.never_sampled(self.vocab_size, self.device if device is None else device)
 
-    def _suppression(self, vocab: int, device: torch.device) -> torch.Tensor:
-        """Deprecated private alias of :meth:`never_sampled` (kept until sampling.py switches)."""
-        return self.tokens.never_sampled(vocab, device)
-
     @property
     def suppressed_ids(self) -> torch.Tensor:
         """Token ids that are never sampled (sorted LongTensor on CPU)."""

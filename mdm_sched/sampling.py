@@ -148,7 +148,7 @@ def _stopping(mlm: MaskedLM, cfg: MaskedGenerationConfig) -> Stopping:
     if stop is True and mlm.eos_token_id is None:
         raise ValueError("stop_at_eos=True but the model has no known EOS id: pass stop_at_eos=<eos token id>")
     ids = [] if stop is False else [mlm.eos_token_id] if stop is True else [stop] if isinstance(stop, int) else list(stop)
-    never = mlm._suppression(mlm.vocab_size, torch.device("cpu"))
+    never = mlm.never_sampled("cpu")
     for eos in ids:
         if eos >= mlm.vocab_size:
             raise ValueError(f"stop_at_eos={eos} is not a token id of this model (vocabulary size {mlm.vocab_size})")
@@ -284,7 +284,7 @@ def _draw_at(loop: _Loop, positions: torch.Tensor, block: Block, call: int) -> D
     canvas, params = loop.canvas, loop.cfg.sampling
     logits = loop.forward.logits(canvas, positions, block, call)
     if loop.hooks.logits_processor is not None:
-        never = loop.mlm._suppression(logits.shape[-1], logits.device)
+        never = loop.mlm.never_sampled(logits.device)
         logits = loop.hooks.process(logits, canvas, positions, never)
     rows = positions.nonzero()[:, 0]
     uniforms = loop.rng.token_uniforms(rows) if params.temperature > 0 else rows.new_zeros(0, dtype=torch.float64)
