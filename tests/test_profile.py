@@ -17,16 +17,8 @@ import torch
 import mdm_sched as ms
 from mdm_sched import schedules
 from mdm_sched.oracle import MarkovChainOracle, TabularOracle
-from mdm_sched.profile import (
-    InformationProfile,
-    add_profile_arguments,
-    add_schedule_arguments,
-    default_levels,
-    estimate_profile,
-    isotonic_nonincreasing,
-    profile_command,
-    schedule_command,
-)
+from mdm_sched.cli import add_profile_arguments, add_schedule_arguments, profile_command, schedule_command
+from mdm_sched.profile import InformationProfile, default_levels, estimate_profile, isotonic_nonincreasing
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -227,6 +219,8 @@ def _dist_run(accelerator=None):
                             checkpoint_every=2, accelerator=accelerator)
 
 
+# The launched script owns its process group: it creates it (the library never does), and every process
+# waits for the others and destroys it before exiting (exiting with a live gloo group can abort).
 _DIST_SCRIPT = """
 import sys, torch
 sys.path.insert(0, {here!r})
@@ -237,11 +231,18 @@ if sys.argv[2] == "accelerate":
     acc = Accelerator(cpu=True)  # gloo process group across the launched CPU processes
     assert acc.num_processes == 2, acc.num_processes
     p = _dist_run(acc)
+    if acc.is_main_process:
+        p.save(sys.argv[1])
+    acc.wait_for_everyone()
+    acc.end_training()  # destroys the process group
 else:
+    import torch.distributed as dist
+    dist.init_process_group("gloo")  # from torchrun's environment
     p = _dist_run()
-import torch.distributed as dist
-if dist.get_rank() == 0:
-    p.save(sys.argv[1])
+    if dist.get_rank() == 0:
+        p.save(sys.argv[1])
+    dist.barrier()
+    dist.destroy_process_group()
 """
 
 
