@@ -143,8 +143,12 @@ def profile_command(args: argparse.Namespace) -> int:
     steps = _parse_steps(args.gain_steps)
     cpu = (args.device or "").startswith("cpu") or not torch.cuda.is_available()
     state = launched_state(cpu=cpu)
+    done = False
     try:
-        device = args.device or (state.device if state is not None else ("cuda" if torch.cuda.is_available() else None))
+        if state is not None and args.device in (None, "cuda"):
+            device = state.device  # this process's own GPU (or the CPU)
+        else:
+            device = args.device or ("cuda" if torch.cuda.is_available() else None)
         model = load_masked_lm(args.model, trust_remote_code=args.trust_remote_code, device=device, dtype=args.dtype)
         profile = estimate_profile(model, args.data, n_tokens=args.n_tokens, levels=args.levels,
                                    batch_size=args.batch_size, tokens_per_level=args.tokens_per_level,
@@ -154,8 +158,9 @@ def profile_command(args: argparse.Namespace) -> int:
                                    max_batches=args.max_batches, accelerator=state)
         if state is None or state.is_main_process:
             _report_profile(profile, args, steps)
+        done = True
     finally:
-        end_state(state)
+        end_state(state, wait=done)
     return 0
 
 

@@ -150,9 +150,14 @@ def launched_state(*, cpu: bool) -> PartialState | None:
     return PartialState(cpu=cpu)
 
 
-def end_state(state: PartialState | None) -> None:
-    """Wait for every process, then destroy the process group ``state`` created (None: nothing to do)."""
+def end_state(state: PartialState | None, *, wait: bool = True) -> None:
+    """Wait for every process, then destroy the process group ``state`` created (None: nothing to do).
+
+    Pass ``wait=False`` when leaving on an error: the other processes may never reach the barrier, and the
+    launcher stops them once this one exits.
+    """
     if state is None:
         return
-    state.wait_for_everyone()
+    if wait:
+        state.wait_for_everyone()
     state.destroy_process_group()

@@ -99,12 +99,14 @@ def main() -> None:
     # Under `accelerate launch` / torchrun: this script owns the processes, so it creates their state
     # (one GPU each, nccl) and destroys the process group at the end; None for a single process.
     state = launched_state(cpu=not torch.cuda.is_available())
+    done = False
     try:
         prof = _estimate(args, state)
         if state is None or state.is_main_process:
             _report(prof, args)
+        done = True
     finally:
-        end_state(state)
+        end_state(state, wait=done)  # no barrier after an error: the others may never reach it
 
 
 def _estimate(args: argparse.Namespace, state: PartialState | None) -> ms.InformationProfile:
