@@ -23,7 +23,8 @@ import numpy as np
 import numpy.typing as npt
 
 from . import schedules as _schedules
-from ._io import atomic_write_json, atomic_write_png, check_format, new_figure, read_json
+from ._io import atomic_write_json, atomic_write_png, check_format, library_version, new_figure, read_json
+from .hub import PretrainedJSON
 from .validation import check_int
 
 if TYPE_CHECKING:
@@ -114,7 +115,7 @@ def _as_array(x: npt.ArrayLike, name: str, n: int, dtype: npt.DTypeLike = np.flo
     return arr
 
 
-class InformationProfile:
+class InformationProfile(PretrainedJSON):
     """A measured cross-entropy profile: per-level statistics against the visible fraction.
 
     Levels are visible counts ``i`` out of :attr:`n_tokens` generated positions (the block length
@@ -128,7 +129,14 @@ class InformationProfile:
 
     Two profiles compare equal when their measured arrays and ``n_tokens`` are identical (metadata such
     as the date is ignored).
+
+    Saved as one JSON object: :meth:`save`/:meth:`load` for a single file; :meth:`save_pretrained` /
+    :meth:`from_pretrained` / :meth:`push_to_hub` for a folder (``mdm_profile.json``, e.g. in the model's own
+    folder so the profile ships with the model it describes) or a Hub repository.
     """
+
+    FILENAME = "mdm_profile.json"
+    WHAT = "information profile"
 
     def __init__(self, levels: Sequence[int] | np.ndarray, ce: Sequence[float] | np.ndarray,
                  se: Sequence[float] | np.ndarray, *, n_tokens: int,
@@ -310,7 +318,8 @@ class InformationProfile:
                 "ce": floats(self.ce), "se": floats(self.se), "entropy": floats(self.entropy),
                 "entropy_se": floats(self.entropy_se), "accuracy": floats(self.accuracy),
                 "tokens": self.tokens.tolist(), "rows": self.rows.tolist(),
-                "fitted_ce": floats(self.fitted()), "metadata": self._metadata}
+                "fitted_ce": floats(self.fitted()), "metadata": self._metadata,
+                "mdm_sched_version": library_version()}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> InformationProfile:
@@ -330,7 +339,7 @@ class InformationProfile:
             raise ValueError(f"corrupted profile ({type(exc).__name__}: {exc}); re-estimate it") from exc
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the profile as JSON (atomically)."""
+        """Write the profile as a single JSON file (atomically); see :meth:`save_pretrained` for a folder."""
         atomic_write_json(path, self.to_dict())
 
     @classmethod
