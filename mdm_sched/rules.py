@@ -157,10 +157,18 @@ class FixedSchedule(RevealRule):
     def from_description(cls, params: Mapping[str, Any]) -> FixedSchedule:
         from .schedules import Schedule
 
+        _only(params, ("sizes", "name"))
         return cls(Schedule(params["sizes"], name=params.get("name")))
 
     def __repr__(self) -> str:
         return f"FixedSchedule({self.schedule!r})"
+
+
+def _only(params: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
+    """Refuse parameters a rule does not take (``from_description`` turns the TypeError into a clear message)."""
+    extra = sorted(set(params) - set(allowed))
+    if extra:
+        raise TypeError(f"unexpected parameter(s) {', '.join(extra)}; the rule takes {', '.join(allowed)}")
 
 
 def cap_counts(counts: torch.Tensor, step: Step, max_calls: int | None) -> torch.Tensor:
@@ -221,6 +229,7 @@ class ConfidenceThreshold(RevealRule):
     def from_description(cls, params: Mapping[str, Any]) -> ConfidenceThreshold:
         from .schedules import Schedule
 
+        _only(params, ("tau", "max_calls", "min_schedule"))
         floor = params.get("min_schedule")
         return cls(params["tau"], max_calls=params.get("max_calls"), min_schedule=None if floor is None else Schedule(floor))
 
