@@ -1,4 +1,4 @@
-"""How good is a schedule? Estimators with error bars, and exact values on oracles (THEORY.md sections 3 and 6).
+"""How good is a schedule? Estimators with error bars, and exact values on oracles (docs/theory.md §3 and §6).
 
 Model-based (need forward passes; every function batches rows and calls the model once per chunk):
 
@@ -179,7 +179,7 @@ def heldout_likelihood(model: Any, sequences: Any, schedules: Any, *, n_orders: 
     For each sequence ``x`` and order ``sigma`` (shared by all schedules), schedule ``k`` gives
     ``log q_sigma(x) = sum_t sum_{j in S_t} log p(x_j | x_{A_{t-1}})`` with ``S_t`` the ranks
     ``K_{t-1}..K_t - 1`` of ``sigma``. One forward per distinct block start ``K`` (the union over schedules)
-    per (sequence, order): ``-mean log q / N`` is the held-out bound ``NLL_T`` of THEORY.md section 3 and
+    per (sequence, order): ``-mean log q / N`` is the held-out bound ``NLL_T`` of docs/theory.md §3 and
     ``-log mean_m q_{sigma_m}(x) / N`` tightens it toward the sampler's true held-out NLL (:func:`summarize_heldout`).
 
     Args:
@@ -241,7 +241,7 @@ def summarize_heldout(result: HeldoutResult, baseline: str | None = None) -> dic
 
 
 # --------------------------------------------------------------------------------------------------
-# path KL from the T-step sampler to the N-step sampler (THEORY.md section 6.3)
+# path KL from the T-step sampler to the N-step sampler (docs/theory.md §6, item 3)
 # --------------------------------------------------------------------------------------------------
 
 @dataclass

@@ -1,7 +1,7 @@
 """The information profile value: measured cross-entropy against the visible fraction, and its fit.
 
 An :class:`InformationProfile` holds per-level statistics measured at visible counts ``i`` out of
-``n_tokens`` generated positions (THEORY.md sections 2 and 5): mean masked-token cross-entropy, its
+``n_tokens`` generated positions (docs/theory.md §2 and §5): mean masked-token cross-entropy, its
 standard error, mean predictive entropy, top-1 accuracy, token and row counts, plus the metadata needed
 to reuse it safely (model, data, lengths, stop rule, ...). :meth:`InformationProfile.curve` turns the
 noisy levels into the fitted non-increasing curve ``CE(0..n-1)`` (weighted isotonic regression,
@@ -242,7 +242,7 @@ class InformationProfile(PretrainedJSON):
 
         The isotonic fit at the measured visible fractions is interpolated linearly at ``i / n_tokens``
         (constant beyond the first and last level). ``kind="entropy"`` fits the predictive entropy
-        instead (label-free variant, THEORY.md section 2). Warns when ``n_tokens`` is far from the
+        instead (label-free variant, docs/theory.md §2). Warns when ``n_tokens`` is far from the
         measured length.
         """
         n = self._n_tokens if n_tokens is None else check_int(n_tokens, "n_tokens", minimum=1)

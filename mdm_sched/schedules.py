@@ -2,7 +2,7 @@
 
 A schedule ``k = (k_1, ..., k_T)`` is a tuple of positive integers summing to the number of generated
 tokens ``N``; ``T`` is the number of model calls (NFE). Builders return :class:`Schedule` objects;
-:func:`optimal` solves the exact dynamic program of THEORY.md section 4 on a non-increasing
+:func:`optimal` solves the exact dynamic program of docs/theory.md §4 on a non-increasing
 cross-entropy curve ``CE(i)``, ``i = 0..N-1`` (or on an :class:`~mdm_sched.InformationProfile`).
 """
 from __future__ import annotations
@@ -314,7 +314,7 @@ def _geometric_path(n: int, t: int, eps: float) -> np.ndarray:
 
 
 def geometric(n_tokens: int, steps: int, kind: str = "dtc") -> Schedule:
-    """Geometric schedule with the smallest ``eps`` that fits ``steps`` calls (THEORY.md section 4).
+    """Geometric schedule with the smallest ``eps`` that fits ``steps`` calls (docs/theory.md §4).
 
     ``kind="dtc"``: the revealed count grows geometrically, ``k_t - 1 <= eps (K_{t-1} + 1)``, so
     ``E_fact <= eps * DTC``. ``kind="tc"``: the masked count shrinks geometrically,
@@ -342,7 +342,7 @@ def geometric(n_tokens: int, steps: int, kind: str = "dtc") -> Schedule:
 
 
 # ------------------------------------------------------------------------------------------------
-# The exact optimum (THEORY.md section 4)
+# The exact optimum (docs/theory.md §4)
 # ------------------------------------------------------------------------------------------------
 
 def _dp_layer(d_prev: np.ndarray, curve: np.ndarray, prefix: np.ndarray, cols: np.ndarray,
@@ -441,7 +441,7 @@ def sqrt_rule(curve_or_profile: Any, steps: int, *, n_tokens: int | None = None)
     """Closed-form approximation of the optimum: equal square-root-information mass per call.
 
     The continuum minimiser reveals ``int_0^x sqrt(F'(u)) du = s G`` after a fraction ``s`` of the calls
-    (THEORY.md section 4), i.e. small steps where information arrives fast. It assumes the profile's
+    (docs/theory.md §4), i.e. small steps where information arrives fast. It assumes the profile's
     slope is nearly constant within each call, so it is within ~1% of :func:`optimal` once T resolves the
     profile's curvature (N = 2000, T >= 50 on smooth profiles) and a few % off for very small T.
     """
