@@ -176,11 +176,11 @@ class ResultRow:
     def to_dict(self) -> dict[str, Any]:
         """A flat dict (one CSV row); the paired difference as ``paired_baseline``/``paired_diff``/``paired_diff_se``."""
         out: dict[str, Any] = {"metric": self.metric, "order": self.order, "task": self.task, "decoder": self.decoder,
-                               "budget": self.budget, "calls": self.calls, "calls_se": self.calls_se,
-                               "value": self.value, "se": self.se}
+                               "budget": self.budget, "calls": float(self.calls or 0.0), "calls_se": float(self.calls_se),
+                               "value": float(self.value), "se": float(self.se)}
         if self.paired is not None:
-            out.update(paired_baseline=self.paired.baseline, paired_diff=self.paired.diff,
-                       paired_diff_se=self.paired.se)
+            out.update(paired_baseline=self.paired.baseline, paired_diff=float(self.paired.diff),
+                       paired_diff_se=float(self.paired.se))
         return out
 
     @classmethod
@@ -207,7 +207,7 @@ class SensitivityCheck:
 
     def to_dict(self) -> dict[str, Any]:
         return {"metric": self.metric, "one_call": self.one_call.to_dict(), "n_step": self.n_step.to_dict(),
-                "z": self.z, "sensitive": self.sensitive}
+                "z": float(self.z), "sensitive": bool(self.sensitive)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SensitivityCheck:
@@ -255,7 +255,10 @@ class CallsSaved:
     highest_calls: float
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {"metric": self.metric, "decoder": self.decoder, "baseline": self.baseline,
+                "reference_budget": int(self.reference_budget), "baseline_value": float(self.baseline_value),
+                "calls_to_match": float(self.calls_to_match), "lowest_calls": float(self.lowest_calls),
+                "highest_calls": float(self.highest_calls)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CallsSaved:
@@ -274,8 +277,8 @@ class ProfileSummary:
     predicted_gain: dict[int, float]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ce_first": self.ce_first, "ce_last": self.ce_last, "bound_n_step": self.bound_n_step,
-                "predicted_gain": {str(t): g for t, g in self.predicted_gain.items()}}
+        return {"ce_first": float(self.ce_first), "ce_last": float(self.ce_last), "bound_n_step": float(self.bound_n_step),
+                "predicted_gain": {str(t): float(g) for t, g in self.predicted_gain.items()}}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ProfileSummary:
@@ -325,7 +328,12 @@ class TheoryRow:
     kl_gain: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        opt = lambda v: None if v is None else float(v)
+        return {"oracle": self.oracle, "n_tokens": int(self.n_tokens), "budget": int(self.budget),
+                "schedule": self.schedule, "fact_error": float(self.fact_error), "order_kl": float(self.order_kl),
+                "predicted_gain": float(self.predicted_gain), "measured_gain": float(self.measured_gain),
+                "gain_se": float(self.gain_se), "order_kl_se": opt(self.order_kl_se), "exact_kl": opt(self.exact_kl),
+                "kl_gain": opt(self.kl_gain)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TheoryRow:
@@ -387,7 +395,7 @@ class EvalResults:
                                "profile": None if self.profile is None else self.profile.to_dict()}
         out.update({key: [item.to_dict() for item in getattr(self, key)] for key in _LISTS})
         out.update({key: list(getattr(self, key)) for key in _TEXTS})
-        out.update(theory=self.theory, forward_rows=self.forward_rows, wall_time_s=self.wall_time_s)
+        out.update(theory=self.theory, forward_rows=int(self.forward_rows), wall_time_s=float(self.wall_time_s))
         return out
 
     @classmethod
