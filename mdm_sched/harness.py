@@ -29,7 +29,7 @@ import warnings
 import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -50,6 +50,10 @@ from .results import (
     SplitSummary,
 )
 from .validation import check_float, check_int, check_optional_int
+
+if TYPE_CHECKING:
+    from .profile import InformationProfile
+    from .sampling import GenerationOutput
 
 __all__ = ["EvalConfig", "EvalResults", "run_eval", "cached_stage", "DEMO_FULL", "DEMO_QUICK", "ORDERS",
            "SAMPLE_METRICS"]
@@ -157,7 +161,7 @@ class _Run:
         return cached_stage(self.cache / file, {**self.base_fp, **fingerprint}, compute, name=name, log=self.log)
 
     # -- profile -----------------------------------------------------------------------------------
-    def profile(self) -> Any:
+    def profile(self) -> InformationProfile:
         import mdm_sched as ms
 
         cfg = self.cfg
@@ -219,7 +223,7 @@ class _Run:
             self.forward_rows += x.shape[0] * self.cfg.judge_positions
         return metrics.mean_se(pll)
 
-    def _path_kl(self, out: Any, key: str, steps: int) -> tuple[float, float]:
+    def _path_kl(self, out: GenerationOutput, key: str, steps: int) -> tuple[float, float]:
         if steps >= self.n:
             return 0.0, 0.0  # the N-step sampler is the reference itself
         g = torch.Generator().manual_seed(_seed_of("pathkl", key, self.cfg.seed))
@@ -355,7 +359,7 @@ def _conclude(results: EvalResults, log: Callable[[str], None]) -> None:
         log(f"[harness] theory: {time.time() - t0:.0f} s")
 
 
-def _write_outputs(results: EvalResults, out: Path, prof: Any, curve: np.ndarray, scheds: Schedules) -> None:
+def _write_outputs(results: EvalResults, out: Path, prof: InformationProfile, curve: np.ndarray, scheds: Schedules) -> None:
     """Profile plots (a failure becomes a caveat, never a lost run), then the report's files."""
     try:
         prof.plot(out / "profile.png")
