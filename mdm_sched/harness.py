@@ -170,7 +170,7 @@ class _Run:
             prof = ms.estimate_profile(self.model, [r.tolist() for r in self.prof_x], n_tokens=self.n,
                                        levels=cfg.profile_levels, tokens_per_level=cfg.profile_tokens_per_level,
                                        batch_size=cfg.batch_size, seed=cfg.seed, progress=self.progress,
-                                       checkpoint=self.cache / "profile.checkpoint.json",
+                                       checkpoint=self.cache / "profile.checkpoint.npz",
                                        data_description=f"{cfg.data}:{cfg.profile_split}")
             return {"profile": prof.to_dict()}
 
