@@ -8,8 +8,7 @@ Rules (documented once, here):
   filled left to right. Mask tokens inside a prompt are infilled together with the first block. With
   ``gen_length=0`` (pure infilling) there is one block: the prompts' masks, whose nominal length is the
   largest number of masks in a row.
-* **EOS.** With ``stop_at_eos``, once a row commits EOS in the generated span every masked position after
-  it becomes EOS; positions before it are still generated.
+* When a row is finished (EOS, stop strings) is :mod:`mdm_sched.stopping`'s business.
 """
 from __future__ import annotations
 
@@ -137,16 +136,6 @@ class Canvas:
         self.token_logprobs[select] = logp.float()
         self.reveal_step[select] = call
         self.masked &= ~select
-
-    def fill_after_eos(self, eos: int, call: int) -> None:
-        """Every masked generated position after a committed EOS becomes EOS (revealed at ``call``)."""
-        cols = torch.arange(self.x.shape[1], device=self.x.device)
-        is_eos = (self.x == eos) & (cols >= self.prompt_length) & ~self.masked & self.attention
-        fill = self.masked & (is_eos.long().cumsum(1) > 0)
-        if bool(fill.any()):
-            self.x[fill] = eos
-            self.reveal_step[fill] = call
-            self.masked &= ~fill
 
 
 def plan_blocks(canvas: Canvas, gen_length: int, block_length: int | None) -> list[Block]:

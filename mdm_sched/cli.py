@@ -9,16 +9,17 @@ import os
 import sys
 import typing
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
+    from mdm_sched.profile import InformationProfile
     from mdm_sched.results import EvalConfig
 
 # (module, add-arguments function, command function, help) per subcommand; modules load on use only.
 _COMMANDS: dict[str, tuple[str, str, str, str]] = {
-    "profile": ("mdm_sched.profile", "add_profile_arguments", "profile_command",
+    "profile": ("mdm_sched.cli", "add_profile_arguments", "profile_command",
                 "estimate a model's information profile on held-out data"),
-    "schedule": ("mdm_sched.profile", "add_schedule_arguments", "schedule_command",
+    "schedule": ("mdm_sched.cli", "add_schedule_arguments", "schedule_command",
                  "compute the optimal schedule for a profile and compare it with constant and cosine"),
     "generate": ("mdm_sched.cli", "add_generate_arguments", "generate_command",
                  "sample sequences from a masked LM with a schedule"),
@@ -77,7 +78,153 @@ def generate_command(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- eval and demo: one flag per EvalConfig field, so a flag cannot drift from the config -----------------
+# ------------------------------------------------------------------------------------------------
+# mdm-sched profile / mdm-sched schedule
+# ------------------------------------------------------------------------------------------------
+
+def add_profile_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``mdm-sched profile``."""
+    from mdm_sched.estimate import DEFAULT_N_LEVELS, DEFAULT_TOKENS_PER_LEVEL
+
+    parser.add_argument("--model", required=True, help="built-in name (antiberty, sapiens-vh, sapiens-vl), "
+                        "local directory or hub id")
+    parser.add_argument("--data", required=True, help="held-out data: antibody-germlines:SPECIES:CHAIN[:train|test], "
+                        "kjv[:train|test], a .txt/.json/.jsonl/.csv/.parquet/.fasta file, or a saved dataset dir")
+    parser.add_argument("--text-column", default=None, help="column holding the text (default: input_ids, else text)")
+    parser.add_argument("--n-tokens", type=int, default=None,
+                        help="generated length N (default: the most common sequence length; longer ones are "
+                             "cropped to N, shorter dropped)")
+    parser.add_argument("--prompt-length", type=int, default=0,
+                        help="leading tokens of each sequence that are a prompt: always visible, never scored")
+    parser.add_argument("--levels", type=int, default=None, help=f"number of levels (default {DEFAULT_N_LEVELS})")
+    parser.add_argument("--batch-size", type=int, default=16)
+    stop = parser.add_mutually_exclusive_group()
+    stop.add_argument("--tokens-per-level", type=int, default=None,
+                      help=f"scored tokens per level (default {DEFAULT_TOKENS_PER_LEVEL})")
+    stop.add_argument("--target-se", type=float, default=None, help="stop a level once its standard error <= this")
+    parser.add_argument("--max-batches", type=int, default=None, help="cap on data batches")
+    parser.add_argument("--block-length", type=int, default=None, help="profile within semi-autoregressive blocks")
+    parser.add_argument("--checkpoint", default=None,
+                        help="resumable partial sums: an .npz file, written after every round; rerun with the same "
+                             "arguments to resume")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None, help="e.g. cuda, cpu (default: this process's GPU if any, else cpu)")
+    parser.add_argument("--dtype", default=None, help="e.g. bfloat16 (default float32)")
+    parser.add_argument("--trust-remote-code", action="store_true", help="needed for LLaDA / Dream checkpoints")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--out", required=True, help="profile JSON to write")
+    parser.add_argument("--plot", default=None, help="also write a PNG plot here")
+    parser.add_argument("--gain-steps", default="8,16,32", help="comma-separated budgets for the printed gains")
+
+
+def _parse_steps(text: str) -> list[int]:
+    try:
+        return [int(s) for s in str(text).split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--gain-steps={text!r}: expected comma-separated integers like 8,16,32") from None
+
+
+def profile_command(args: argparse.Namespace) -> int:
+    """``mdm-sched profile``: estimate (every launched process takes a share), save and summarise (process 0).
+
+    Under ``torchrun`` / ``accelerate launch`` this command owns the processes: it creates their accelerate
+    state (gloo on CPU, nccl on GPUs) and destroys the process group before returning.
+    """
+    import torch
+
+    from mdm_sched.distributed import end_state, launched_state
+    from mdm_sched.estimate import estimate_profile
+    from mdm_sched.models import load_masked_lm
+
+    steps = _parse_steps(args.gain_steps)
+    cpu = (args.device or "").startswith("cpu") or not torch.cuda.is_available()
+    state = launched_state(cpu=cpu)
+    done = False
+    try:
+        if state is not None and args.device in (None, "cuda"):
+            device = state.device  # this process's own GPU (or the CPU)
+        else:
+            device = args.device or ("cuda" if torch.cuda.is_available() else None)
+        model = load_masked_lm(args.model, trust_remote_code=args.trust_remote_code, device=device, dtype=args.dtype)
+        profile = estimate_profile(model, args.data, n_tokens=args.n_tokens, levels=args.levels,
+                                   batch_size=args.batch_size, tokens_per_level=args.tokens_per_level,
+                                   target_se=args.target_se, prompt_length=args.prompt_length,
+                                   block_length=args.block_length, text_column=args.text_column, seed=args.seed,
+                                   progress=not args.no_progress, checkpoint=args.checkpoint,
+                                   max_batches=args.max_batches, accelerator=state)
+        if state is None or state.is_main_process:
+            _report_profile(profile, args, steps)
+        done = True
+    finally:
+        end_state(state, wait=done)
+    return 0
+
+
+def _report_profile(profile: InformationProfile, args: argparse.Namespace, steps: list[int]) -> None:
+    """Save (and plot) the profile, print its table and the predicted gains."""
+    profile.save(args.out)
+    if args.plot:
+        profile.plot(args.plot)
+    print(profile.description)
+    print(f"wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
+    _print_profile_table(profile)
+    for t in steps:
+        if 1 <= t <= profile.n_tokens:
+            print(f"predicted gain of the optimal schedule over constant at {t} steps: {profile.predicted_gain(t):.3f}x")
+
+
+def _print_profile_table(profile: InformationProfile, file: TextIO | None = None) -> None:
+    file = file or sys.stdout
+    print(f"{'visible':>8} {'frac':>6} {'CE':>8} {'SE':>8} {'fit':>8} {'entropy':>8} {'acc':>6} {'tokens':>8}", file=file)
+    fit = profile.fitted()
+    for k in range(profile.levels.size):
+        print(f"{profile.levels[k]:>8d} {profile.fractions[k]:>6.3f} {profile.ce[k]:>8.4f} {profile.se[k]:>8.4f} "
+              f"{fit[k]:>8.4f} {profile.entropy[k]:>8.4f} {profile.accuracy[k]:>6.3f} {profile.tokens[k]:>8d}",
+              file=file)
+
+
+def add_schedule_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``mdm-sched schedule``."""
+    parser.add_argument("--profile", required=True, help="profile JSON written by `mdm-sched profile`")
+    parser.add_argument("--steps", type=int, required=True, help="number of model calls T")
+    parser.add_argument("--n-tokens", type=int, default=None, help="generation length (default: the profile's)")
+    parser.add_argument("--max-tokens-per-step", type=int, default=None)
+    parser.add_argument("--out", default=None, help="write the optimal schedule as JSON here")
+
+
+def schedule_command(args: argparse.Namespace) -> int:
+    """``mdm-sched schedule``: optimal sizes, bounds and predicted gains against constant and cosine."""
+    import math
+
+    from mdm_sched import schedules
+    from mdm_sched.profile import InformationProfile
+
+    profile = InformationProfile.load(args.profile)
+    n = args.n_tokens or profile.n_tokens
+    curve = profile.curve(n)
+    opt = schedules.optimal(curve, args.steps, args.max_tokens_per_step)
+    opt = schedules.Schedule(opt.sizes, name="optimal",
+                             metadata=dict(opt.metadata, profile=profile.description, profile_file=str(args.profile)))
+    rows = [("optimal", opt), ("constant", schedules.constant(n, args.steps)), ("cosine", schedules.cosine(n, args.steps))]
+    print(f"{profile.description}\nn_tokens={n}, steps={args.steps}")
+    print(f"optimal sizes: {list(opt.sizes)}")
+    j_opt = schedules.cost(curve, opt)
+    print(f"{'schedule':>10} {'bound (nats/token)':>19} {'cost J':>10} {'J / J(optimal)':>15}")
+    for name, s in rows:
+        j = schedules.cost(curve, s)
+        ratio = j / j_opt if j_opt > 0 else (1.0 if j <= 0 else math.inf)
+        print(f"{name:>10} {schedules.nll_bound(curve, s):>19.4f} {j:>10.4f} {ratio:>15.3f}")
+    gains = [schedules.cost(curve, s) / j_opt if j_opt > 0 else 1.0 for _, s in rows[1:]]
+    print(f"predicted gain of optimal: {gains[0]:.3f}x over constant, {gains[1]:.3f}x over cosine")
+    if args.out:
+        opt.save(args.out)
+        print(f"wrote {args.out}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# mdm-sched eval / mdm-sched demo: one flag per EvalConfig field, so a flag cannot drift from the config
+# ------------------------------------------------------------------------------------------------
 
 def _positive_ints(text: str) -> tuple[int, ...]:
     try:

@@ -38,7 +38,9 @@ class MaskedGenerationConfig:
         order: which positions a call reveals: ``"random"``, ``"confidence"``, ``"margin"``, ``"entropy"``.
         temperature: 0 = greedy; top_k, top_p: truncation before the draw.
         block_length: semi-autoregressive block size (the last block may be shorter).
-        stop_at_eos: ``True`` (the model's EOS id) or an EOS id: fill everything after a committed EOS.
+        stop_at_eos: ``True`` (the model's EOS id), an EOS id or a list of ids: fill everything after a committed EOS.
+        stop_strings: a row is finished once its filled prefix decodes to text containing one of these.
+        cfg_scale: LLaDA's unsupervised classifier-free guidance scale (0 = off; prompt masked in the second pass).
         return_history: keep ``(positions, tokens)`` of every call.
     """
 
@@ -52,7 +54,9 @@ class MaskedGenerationConfig:
     top_k: int | None = None
     top_p: float | None = None
     block_length: int | None = None
-    stop_at_eos: bool | int = False
+    stop_at_eos: bool | int | list[int] = False
+    stop_strings: list[str] | None = None
+    cfg_scale: float = 0.0
     return_history: bool = False
 
     def replace(self, **overrides: Any) -> MaskedGenerationConfig:
@@ -81,16 +85,26 @@ class MaskedGenerationConfig:
         num_samples = check_optional_int(self.num_samples, "num_samples", minimum=1)
         steps = check_optional_int(self.steps, "steps", minimum=1, hint=" (model calls per block)")
         stop = self.stop_at_eos
-        if not (isinstance(stop, bool) or is_int(stop)):
-            raise ValueError(f"stop_at_eos must be False, True (the model's EOS id) or a token id, got {stop!r}")
-        if is_int(stop):
+        if isinstance(stop, (list, tuple)) and stop:
+            stop = [check_int(s, f"stop_at_eos[{i}]", minimum=0) for i, s in enumerate(stop)]
+        elif is_int(stop):
             stop = check_int(stop, "stop_at_eos", minimum=0)
+        elif not isinstance(stop, bool):
+            raise ValueError(f"stop_at_eos must be False, True (the model's EOS id), a token id or a non-empty list of "
+                             f"ids, got {stop!r}")
+        strings = self.stop_strings
+        if isinstance(strings, str):
+            strings = [strings]
+        if strings is not None and (not all(isinstance(s, str) and s for s in strings) or not strings):
+            raise ValueError(f"stop_strings must be a non-empty list of non-empty strings, got {self.stop_strings!r}")
+        cfg_scale = check_float(self.cfg_scale, "cfg_scale", minimum=0.0, hint=" (0 = no guidance)")
         sched = self.schedule
         if not isinstance(sched, (Schedule, RevealRule, str, list, tuple)) and not is_int(sched):
             raise TypeError("schedule must be a Schedule, a list of per-call sizes, an int (calls per block, constant "
                             "schedule), a builder name or a reveal rule; got " + type(sched).__name__)
         return dataclasses.replace(self, gen_length=gen_length, temperature=temperature, top_k=top_k, top_p=top_p,
                                    block_length=block_length, num_samples=num_samples, steps=steps, stop_at_eos=stop,
+                                   stop_strings=None if strings is None else list(strings), cfg_scale=cfg_scale,
                                    return_history=bool(self.return_history))
 
     @property

@@ -29,13 +29,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .assets import AMINO_ACIDS  # one definition; re-exported here for `from mdm_sched.data import AMINO_ACIDS`
+
 if TYPE_CHECKING:
     import torch
 
 __all__ = ["germlines", "germline_records", "kjv", "kjv_records", "load_source", "token_sequences", "BUILTIN_SOURCES",
            "AMINO_ACIDS", "fixed_length"]
 
-AMINO_ACIDS = frozenset("ACDEFGHIKLMNPQRSTVWY")
+_AMINO_ACID_SET = frozenset(AMINO_ACIDS)
 SPLITS = ("train", "test")
 
 #: Spec strings :func:`load_source` understands besides paths and hub names.
@@ -117,7 +119,7 @@ def germline_records(species: str = "human", chain: str = "H", *, split: str | N
     seen: set[str] = set()
     records = []
     for name, seq in named:  # sorted by name, so the first allele of a duplicate sequence is kept
-        if seq and seq not in seen and set(seq) <= AMINO_ACIDS:
+        if seq and seq not in seen and set(seq) <= _AMINO_ACID_SET:
             seen.add(seq)
             records.append((name, seq))
     # Split by gene (the name before "*"): alleles differ by a residue or two and must not straddle.

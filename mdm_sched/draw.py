@@ -55,9 +55,13 @@ class Draw:
         return value
 
 
-def _truncate(z: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """Tempered logits with top-k / top-p applied (dropped ids at ``-inf``)."""
-    z = z / params.temperature
+def _truncate(logits: torch.Tensor, peak: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Tempered float64 logits with top-k / top-p applied (dropped ids at ``-inf``).
+
+    The peak is subtracted before dividing, so any finite temperature > 0 works: 1e-40 leaves 0 at the argmax and
+    -inf (or a huge negative) elsewhere (greedy), 1e39 leaves every allowed id near 0 (uniform); nothing overflows.
+    """
+    z = (logits.double() - peak) / params.temperature
     if params.top_k is not None and params.top_k < z.shape[-1]:
         kth = z.topk(params.top_k, dim=-1).values[:, -1:]
         z = z.masked_fill(z < kth, float("-inf"))
@@ -80,7 +84,7 @@ def _draw_chunk(logits: torch.Tensor, params: SamplingParams, u: torch.Tensor,
     if params.temperature == 0.0:
         tokens = logits.argmax(dim=-1)
     else:
-        z = logits if params.plain else _truncate(logits, params)
+        z = logits if params.plain else _truncate(logits, peak, params)
         z_peak = peak if params.plain else z.amax(dim=-1, keepdim=True)
         # In place: one float64 buffer per chunk.
         cdf = z.double().sub_(z_peak).exp_().cumsum_(dim=-1)

@@ -22,10 +22,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from .validation import check_float, check_optional_int
+
 if TYPE_CHECKING:
     from .schedules import Schedule
 
-__all__ = ["RevealRule", "FixedSchedule", "RankedStats", "Step", "STATISTICS"]
+__all__ = ["RevealRule", "FixedSchedule", "RankedStats", "Step", "STATISTICS", "ConfidenceThreshold", "ConfidenceFactor",
+           "EntropyBound", "threshold", "confidence_factor", "entropy_bound", "cap_counts"]
 
 #: Per-position statistics a rule may ask for (all under the temperature-1 model distribution):
 #: ``confidence`` = probability of the drawn token, ``entropy`` = entropy of the position's distribution.
@@ -147,3 +150,134 @@ def cap_counts(counts: torch.Tensor, step: Step, max_calls: int | None) -> torch
         counts = step.remaining.clone()
     return torch.minimum(counts, step.remaining)
 
+
+
+# ------------------------------------------------------------------------------------------------
+# Adaptive rules
+# ------------------------------------------------------------------------------------------------
+
+def _check_max_calls(max_calls: int | None) -> int | None:
+    return check_optional_int(max_calls, "max_calls", minimum=1, hint=" (cap on calls per block)")
+
+
+class ConfidenceThreshold(RevealRule):
+    """Fast-dLLM's parallel decoding rule: reveal every candidate whose drawn token has probability ``>= tau``.
+
+    At least one position per row and call (the best-ranked one); ``max_calls`` caps the calls per block (the
+    last allowed call reveals everything left); ``min_schedule`` adds a floor: by call ``t`` at least
+    ``floor(K_t n / N)`` positions are revealed, as with that fixed schedule (diffusers' ``BlockRefinementScheduler``
+    commits ``max(quota_t, #above threshold)`` per step instead; the floor here is cumulative, so it finishes
+    within ``min_schedule.steps`` calls while forcing no more reveals than needed).
+    """
+
+    stats = frozenset({"confidence"})
+    name = "threshold"
+
+    def __init__(self, tau: float, *, max_calls: int | None = None, min_schedule: Schedule | None = None) -> None:
+        self.tau = check_float(tau, "tau", minimum=0.0, maximum=1.0, hint=" (a probability)")
+        self.max_calls = _check_max_calls(max_calls)
+        self.floor = FixedSchedule(min_schedule) if min_schedule is not None else None
+
+    def planned_calls(self, length: int) -> int | None:
+        return None
+
+    def check_length(self, length: int, argname: str) -> None:
+        if self.floor is not None:
+            self.floor.check_length(length, argname)
+
+    def counts(self, step: Step) -> torch.Tensor:
+        assert step.ranked is not None
+        conf = step.ranked["confidence"]
+        k = ((conf >= self.tau) & step.ranked.valid).sum(1)
+        if self.floor is not None:
+            k = torch.maximum(k, self.floor.counts(step))
+        return cap_counts(k, step, self.max_calls)
+
+    def describe(self) -> dict[str, Any]:
+        floor = None if self.floor is None else list(self.floor.schedule.sizes)
+        return {"rule": self.name, "tau": self.tau, "max_calls": self.max_calls, "min_schedule": floor}
+
+    def __repr__(self) -> str:
+        return f"threshold(tau={self.tau:g})"
+
+
+class ConfidenceFactor(RevealRule):
+    """Fast-dLLM's factor rule: with candidates' confidences sorted ``c_1 >= c_2 >= ...``, reveal the ``r`` most
+    confident while ``c_r >= 1 - factor / (r + 1)`` (the first always).
+
+    Fast-dLLM's original loop also reveals the last remaining candidate when it alone fails its threshold; this
+    rule (like dllm's port) does not.
+    """
+
+    stats = frozenset({"confidence"})
+    name = "factor"
+
+    def __init__(self, factor: float, *, max_calls: int | None = None) -> None:
+        self.factor = check_float(factor, "factor", minimum=0.0, min_inclusive=False)
+        self.max_calls = _check_max_calls(max_calls)
+
+    def planned_calls(self, length: int) -> int | None:
+        return None
+
+    def counts(self, step: Step) -> torch.Tensor:
+        assert step.ranked is not None
+        conf = step.ranked["confidence"].nan_to_num(nan=-1.0).sort(dim=1, descending=True).values
+        rank = torch.arange(1, conf.shape[1] + 1, device=conf.device, dtype=conf.dtype)
+        thr = 1.0 - self.factor / (rank + 1.0)
+        thr[0] = -1.0
+        k = ((conf >= thr) & step.ranked.valid).sum(1)
+        return cap_counts(k, step, self.max_calls)
+
+    def describe(self) -> dict[str, Any]:
+        return {"rule": self.name, "factor": self.factor, "max_calls": self.max_calls}
+
+    def __repr__(self) -> str:
+        return f"confidence_factor(factor={self.factor:g})"
+
+
+class EntropyBound(RevealRule):
+    """EB-Sampler's rule (arXiv 2505.24857): reveal the longest prefix of the order's ranking whose summed
+    entropy minus its largest entropy is ``<= gamma`` (at least one position).
+
+    The left side bounds the mutual information among the revealed tokens, so small ``gamma`` keeps the
+    factorised draw close to a joint one. Entropies are of the temperature-1 model distribution (diffusers'
+    ``EntropyBoundScheduler`` measures them after its annealed temperature, on uniform-noise models).
+    """
+
+    stats = frozenset({"entropy"})
+    name = "entropy_bound"
+
+    def __init__(self, gamma: float, *, max_calls: int | None = None) -> None:
+        self.gamma = check_float(gamma, "gamma", minimum=0.0, hint=" (nats)")
+        self.max_calls = _check_max_calls(max_calls)
+
+    def planned_calls(self, length: int) -> int | None:
+        return None
+
+    def counts(self, step: Step) -> torch.Tensor:
+        assert step.ranked is not None
+        ent = step.ranked["entropy"].nan_to_num(nan=0.0).clamp(min=0.0).double()
+        excess = ent.cumsum(1) - ent.cummax(1).values
+        k = ((excess <= self.gamma + 1e-12) & step.ranked.valid).sum(1)
+        return cap_counts(k, step, self.max_calls)
+
+    def describe(self) -> dict[str, Any]:
+        return {"rule": self.name, "gamma": self.gamma, "max_calls": self.max_calls}
+
+    def __repr__(self) -> str:
+        return f"entropy_bound(gamma={self.gamma:g})"
+
+
+def threshold(tau: float, *, max_calls: int | None = None, min_schedule: Schedule | None = None) -> ConfidenceThreshold:
+    """Fast-dLLM's confidence threshold as a reveal rule (see :class:`ConfidenceThreshold`)."""
+    return ConfidenceThreshold(tau, max_calls=max_calls, min_schedule=min_schedule)
+
+
+def confidence_factor(factor: float, *, max_calls: int | None = None) -> ConfidenceFactor:
+    """Fast-dLLM's factor rule (see :class:`ConfidenceFactor`)."""
+    return ConfidenceFactor(factor, max_calls=max_calls)
+
+
+def entropy_bound(gamma: float, *, max_calls: int | None = None) -> EntropyBound:
+    """EB-Sampler's entropy bound as a reveal rule (see :class:`EntropyBound`)."""
+    return EntropyBound(gamma, max_calls=max_calls)

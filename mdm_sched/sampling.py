@@ -16,6 +16,7 @@ knows no rule, order or model family by name.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -26,12 +27,15 @@ from ._types import ModelLike, PromptLike
 from .canvas import Block, Canvas, plan_blocks, prompt_tensors
 from .config import MaskedGenerationConfig
 from .draw import Draw, draw_tokens
+from .forward import Forward, make_forward
+from .hooks import Hooks, StepState, Streamer
 from .models import MaskedLM, wrap
 from .orders import ORDERS as _ORDERS
 from .orders import Order, get_order
 from .rng import Randomness
 from .rules import FixedSchedule, RankedStats, RevealRule, Step
 from .schedules import Schedule
+from .stopping import Stopping
 from .validation import check_generator
 
 __all__ = ["generate", "GenerationOutput", "ORDERS"]
@@ -84,8 +88,11 @@ class _Loop:
     rule: RevealRule
     order: Order
     rng: Randomness
-    eos: int | None
+    stopping: Stopping
+    forward: Forward
+    hooks: Hooks
     nfe: int = 0
+    stopped: bool = False
     history: list[tuple[torch.Tensor, torch.Tensor]] | None = None
     bar: Any = None
 
@@ -99,7 +106,9 @@ def generate(model: ModelLike, prompts: PromptLike | None = None, *,
              generation_config: MaskedGenerationConfig | None = None,
              generator: torch.Generator | list[torch.Generator] | None = None,
              attention_mask: torch.Tensor | None = None, mask_token_id: int | None = None, tokenizer: Any = None,
-             progress: bool = False, **settings: Any) -> GenerationOutput:
+             progress: bool = False, logits_processor: Callable[..., torch.Tensor] | None = None,
+             callback_on_step_end: Callable[[int, StepState], Any] | None = None, streamer: Streamer | None = None,
+             **settings: Any) -> GenerationOutput:
     """Generate (or infill) with a masked LM: the schedule sets how many positions each call reveals, the order which.
 
     Args:
@@ -113,10 +122,11 @@ def generate(model: ModelLike, prompts: PromptLike | None = None, *,
         attention_mask: marks real prompt tokens when ``prompts`` is a padded tensor.
         mask_token_id, tokenizer: used when ``model`` is not yet wrapped.
         progress: show a progress bar over model calls.
+        logits_processor, callback_on_step_end, streamer: hooks into every call (:mod:`mdm_sched.hooks`).
         **settings: any :class:`~mdm_sched.config.MaskedGenerationConfig` field: ``gen_length``, ``schedule``
             (a Schedule, sizes, an int = calls *per block*, a builder name with ``steps``, or a reveal rule),
             ``steps``, ``profile``, ``num_samples``, ``order``, ``temperature``, ``top_k``, ``top_p``,
-            ``block_length``, ``stop_at_eos``, ``return_history``.
+            ``block_length``, ``stop_at_eos``, ``stop_strings``, ``cfg_scale``, ``return_history``.
 
     Returns:
         :class:`GenerationOutput`.
@@ -127,22 +137,32 @@ def generate(model: ModelLike, prompts: PromptLike | None = None, *,
         raise TypeError(f"generation_config must be a MaskedGenerationConfig, got {type(base).__name__}")
     cfg = base.replace(**settings).validated()
     check_generator(generator)
+    hooks = Hooks(logits_processor=logits_processor, callback_on_step_end=callback_on_step_end, streamer=streamer)
     with torch.inference_mode():
-        return _generate(mlm, prompts, cfg, generator, attention_mask, progress)
+        return _generate(mlm, prompts, cfg, generator, attention_mask, progress, hooks)
 
 
-def _eos_id(mlm: MaskedLM, stop_at_eos: bool | int) -> int | None:
-    if stop_at_eos is False:
-        return None
-    eos = mlm.eos_token_id if stop_at_eos is True else stop_at_eos
-    if eos is None:
+def _stopping(mlm: MaskedLM, cfg: MaskedGenerationConfig) -> Stopping:
+    """EOS ids (checked against the vocabulary and the never-sampled ids) and stop strings."""
+    stop = cfg.stop_at_eos
+    if stop is True and mlm.eos_token_id is None:
         raise ValueError("stop_at_eos=True but the model has no known EOS id: pass stop_at_eos=<eos token id>")
-    if eos >= mlm.vocab_size:
-        raise ValueError(f"stop_at_eos={eos} is not a token id of this model (vocabulary size {mlm.vocab_size})")
-    if bool(mlm._suppression(mlm.vocab_size, torch.device("cpu"))[eos]):
-        raise ValueError(f"stop_at_eos: EOS id {eos} is never sampled by this model (it is a framing or suppressed "
-                         "token); pass a samplable id or stop_at_eos=False")
-    return int(eos)
+    ids = [] if stop is False else [mlm.eos_token_id] if stop is True else [stop] if isinstance(stop, int) else list(stop)
+    never = mlm.never_sampled("cpu")
+    for eos in ids:
+        if eos >= mlm.vocab_size:
+            raise ValueError(f"stop_at_eos={eos} is not a token id of this model (vocabulary size {mlm.vocab_size})")
+        if bool(never[eos]):
+            raise ValueError(f"stop_at_eos: EOS id {eos} is never sampled by this model (it is a framing or suppressed "
+                             "token); pass a samplable id or stop_at_eos=False")
+    strings = cfg.stop_strings or ()
+    fill = ids[0] if ids else mlm.eos_token_id if mlm.eos_token_id is not None else mlm.pad_token_id
+    if strings:
+        if mlm.tokenizer is None:
+            raise ValueError("stop_strings need a tokenizer to decode the samples: wrap(model, tokenizer=...)")
+        if fill is None:
+            raise ValueError("stop_strings need an id to fill finished rows with: pass stop_at_eos=<eos id>")
+    return Stopping(ids, fill, strings, decode=mlm.decode if strings else None)
 
 
 def _canvas(mlm: MaskedLM, prompts: PromptLike | None, cfg: MaskedGenerationConfig,
@@ -179,25 +199,30 @@ def _rule(cfg: MaskedGenerationConfig, blocks: list[Block]) -> RevealRule:
 
 def _generate(mlm: MaskedLM, prompts: PromptLike | None, cfg: MaskedGenerationConfig,
               generator: torch.Generator | list[torch.Generator] | None,
-              attention_mask: torch.Tensor | None, progress: bool) -> GenerationOutput:
+              attention_mask: torch.Tensor | None, progress: bool, hooks: Hooks) -> GenerationOutput:
     canvas = _canvas(mlm, prompts, cfg, attention_mask)
     blocks = plan_blocks(canvas, cfg.gen_length, cfg.block_length)
     rule = _rule(cfg, blocks)
+    hooks.check(canvas.x.shape[0])
     loop = _Loop(mlm=mlm, cfg=cfg, canvas=canvas, rule=rule, order=get_order(cfg.order),
-                 rng=Randomness(generator, canvas.x.shape[0], canvas.x.device), eos=_eos_id(mlm, cfg.stop_at_eos),
-                 history=[] if cfg.return_history else None)
+                 rng=Randomness(generator, canvas.x.shape[0], canvas.x.device), stopping=_stopping(mlm, cfg),
+                 forward=make_forward(mlm, cfg.cfg_scale), hooks=hooks, history=[] if cfg.return_history else None)
     planned = [rule.planned_calls(b.length) for b in blocks]
     if progress:
         from tqdm.auto import tqdm
 
         loop.bar = tqdm(total=None if None in planned else sum(planned), desc="generate", unit="call")
     calls_per_row = torch.zeros(canvas.x.shape[0], dtype=torch.long, device=canvas.x.device)
+    hooks.start(canvas)
     try:
-        for block, limit in zip(blocks, planned):
-            calls_per_row += _fill_block(loop, block, limit)
+        for index, (block, limit) in enumerate(zip(blocks, planned)):
+            calls_per_row += _fill_block(loop, block, index, limit)
+            if loop.stopped:
+                break
     finally:
         if loop.bar is not None:
             loop.bar.close()
+        hooks.finish()
     x = canvas.x
     texts = mlm.decode(x.masked_fill(~canvas.attention, mlm.pad_token_id or 0)) if mlm.tokenizer is not None else None
     scheds = [rule.for_length(b.length) for b in blocks] if isinstance(rule, FixedSchedule) else []
@@ -207,18 +232,20 @@ def _generate(mlm: MaskedLM, prompts: PromptLike | None, cfg: MaskedGenerationCo
                             prompt_length=canvas.prompt_length, block_schedules=scheds, config=cfg)
 
 
-def _fill_block(loop: _Loop, block: Block, limit: int | None) -> torch.Tensor:
+def _fill_block(loop: _Loop, block: Block, index: int, limit: int | None) -> torch.Tensor:
     """Run the calls of one block; returns ``[B]`` calls in which each row had something to reveal."""
     n_masked = (loop.canvas.masked & block.columns).sum(1)
     row_calls = torch.zeros_like(n_masked)
+    loop.forward.begin_block(loop.canvas, block)
     call = 0
-    while limit is None or call < limit:
+    while (limit is None or call < limit) and not loop.stopped:
         remaining = (loop.canvas.masked & block.columns).sum(1)
         if not bool(remaining.any()):
             break
         step = Step(call=call, length=block.length, n_masked=n_masked, remaining=remaining)
         if _step(loop, block, step):
             row_calls += (remaining > 0).long()
+            loop.stopped = loop.hooks.after_call(loop.canvas, loop.nfe, index, loop.mlm.mask_token_id)
         call += 1
         if loop.bar is not None:
             loop.bar.update(1)
@@ -233,7 +260,7 @@ def _step(loop: _Loop, block: Block, step: Step) -> bool:
     if k is not None and int(k.max()) == 0:
         return False  # nothing to reveal in any row (finished rows, or a schedule step of 0 for short rows)
     if order.uses_model or rule.adaptive:
-        draw = _draw_at(loop, cand)
+        draw = _draw_at(loop, cand, block, step.call)
         scores = order.scores(cand, canvas.attention, draw, loop.rng)
         if k is None:
             k = _adaptive_counts(rule, step, scores, cand, draw)
@@ -242,21 +269,23 @@ def _step(loop: _Loop, block: Block, step: Step) -> bool:
         tokens, logp = draw.tokens[keep], draw.logp[keep]
     else:
         select = _top_k_per_row(order.scores(cand, canvas.attention, None, loop.rng), k)
-        draw = _draw_at(loop, select)
+        draw = _draw_at(loop, select, block, step.call)
         tokens, logp = draw.tokens, draw.logp
     loop.nfe += 1
     canvas.commit(select, tokens, logp, loop.nfe)
     if loop.history is not None:
         loop.history.append((select.nonzero().cpu(), tokens.cpu()))
-    if loop.eos is not None:
-        canvas.fill_after_eos(loop.eos, loop.nfe)
+    loop.stopping.apply(canvas, loop.nfe)
     return True
 
 
-def _draw_at(loop: _Loop, positions: torch.Tensor) -> Draw:
+def _draw_at(loop: _Loop, positions: torch.Tensor, block: Block, call: int) -> Draw:
     """One model call: logits at ``positions`` (row-major), then a token drawn at each."""
     canvas, params = loop.canvas, loop.cfg.sampling
-    logits = loop.mlm.logits(canvas.x, canvas.attention, positions=positions)
+    logits = loop.forward.logits(canvas, positions, block, call)
+    if loop.hooks.logits_processor is not None:
+        never = loop.mlm.never_sampled(logits.device)
+        logits = loop.hooks.process(logits, canvas, positions, never)
     rows = positions.nonzero()[:, 0]
     uniforms = loop.rng.token_uniforms(rows) if params.temperature > 0 else rows.new_zeros(0, dtype=torch.float64)
     return draw_tokens(logits, params, uniforms, loop.wanted)

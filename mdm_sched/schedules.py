@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ._io import atomic_write_json, check_format, read_json
-from .rules import FixedSchedule, RevealRule
+from .rules import FixedSchedule, RevealRule, confidence_factor, entropy_bound, threshold
 from .validation import check_int, is_int
 
 if TYPE_CHECKING:
@@ -36,6 +36,9 @@ __all__ = [
     "predicted_gain",
     "factorization_error",
     "resolve",
+    "threshold",
+    "entropy_bound",
+    "confidence_factor",
     "as_rule",
     "NEED_PROFILE",
 ]

@@ -46,3 +46,29 @@ def test_generate_bad_input_is_one_clear_line(capsys):
 def test_generate_optimal_needs_a_profile():
     with pytest.raises(SystemExit, match="--profile"):
         cli.main(["generate", "--model", "sapiens-vh", "--gen-length", "10", "--steps", "3", "--schedule", "optimal"])
+
+
+def test_profile_help_and_every_flag_parses(capsys):
+    parser = cli.build_parser()
+    args = parser.parse_args(["profile", "--model", "m", "--data", "d", "--text-column", "t", "--n-tokens", "8",
+                              "--prompt-length", "2", "--levels", "4", "--batch-size", "3", "--target-se", "0.1",
+                              "--max-batches", "5", "--block-length", "4", "--checkpoint", "c.npz", "--seed", "1",
+                              "--device", "cpu", "--dtype", "float32", "--trust-remote-code", "--no-progress",
+                              "--out", "o.json", "--plot", "o.png", "--gain-steps", "2,4"])
+    assert args.target_se == 0.1 and args.checkpoint == "c.npz" and args.block_length == 4
+    with pytest.raises(SystemExit):
+        parser.parse_args(["profile", "--model", "m", "--data", "d", "--out", "o", "--tokens-per-level", "5",
+                           "--target-se", "0.1"])  # one stop rule
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        cli.main(["profile", "--help"])
+    assert ".npz" in capsys.readouterr().out.replace("\n", " ")
+
+
+def test_profile_with_a_stray_world_size_is_one_clear_line(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for var in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    code = cli.main(["profile", "--model", "sapiens-vh", "--data", "antibody-germlines:human:H:test", "--out", "x.json"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and last.startswith("mdm-sched profile: error: WORLD_SIZE=2") and "unset WORLD_SIZE" in last

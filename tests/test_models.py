@@ -220,7 +220,7 @@ def test_positions_only_logits_match_full_and_skip_the_head_elsewhere():
     pos = ids == 3
     full = mlm.logits(ids)
     first = mlm.logits(ids, positions=pos)  # first call: verifies the head shortcut against full logits
-    assert mlm._head_verified
+    assert mlm.head.verified
     seen = []
     hook = mlm.model.cls.register_forward_hook(lambda m, inp, out: seen.append(tuple(out.shape)))
     try:
@@ -378,3 +378,68 @@ def test_antiberty_adapter():
     assert len(ids[0]) == 9 and mlm.tokenizer.unk_token_id not in ids[0]
     assert mlm.decode(ids) == ["EVQLVESGG"]
     assert sorted(mlm.tokenizer.convert_ids_to_tokens(mlm.allowed_ids.tolist())) == sorted(ms.assets.AMINO_ACIDS)
+
+
+# --------------------------------------------------------------------------------------------------
+# adapters cached per module
+# --------------------------------------------------------------------------------------------------
+
+def test_wrap_returns_the_cached_adapter_for_the_same_arguments():
+    model = TinyLLaDA()
+    a = wrap(model)
+    assert wrap(model) is a and ms.wrap(model, mask_token_id=None) is a
+    assert wrap(model, suppress_tokens=[1, 2]) is wrap(model, suppress_tokens=[1, 2])  # list arguments key too
+    assert wrap(model, suppress_tokens=[1, 2]) is not a
+    assert wrap(model, mask_token_id=5) is not a and wrap(model, mask_token_id=5).mask_token_id == 5
+    assert wrap(model, family="module") is not a
+    assert wrap(TinyLLaDA()) is not a  # another module, another adapter
+    assert wrap(model, suppress_tokens=iter([1])) is not wrap(model, suppress_tokens=iter([1]))  # one-shot: not cached
+
+
+def test_repeated_generate_hashes_and_verifies_once(monkeypatch):
+    import mdm_sched.heads as heads_mod
+    import mdm_sched.models as models_mod
+
+    counts = {"hash": 0, "verify": 0}
+    real_hash, real_match = models_mod.config_hash, heads_mod._head_matches
+
+    def count(name, fn):
+        def wrapped(*args):
+            counts[name] += 1
+            return fn(*args)
+        return wrapped
+
+    monkeypatch.setattr(models_mod, "config_hash", count("hash", real_hash))
+    monkeypatch.setattr(heads_mod, "_head_matches", count("verify", real_match))
+    model = TinyLLaDA()
+    widths: list[int] = []  # sequence width of every forward
+    model.register_forward_pre_hook(lambda m, args: widths.append(args[0].shape[1]))
+    outs, per_call = [], []
+    for _ in range(2):
+        widths.clear()
+        outs.append(ms.generate(model, gen_length=24, schedule=4, order="confidence",
+                                generator=torch.Generator().manual_seed(0)))
+        per_call.append(list(widths))
+    assert counts == {"hash": 1, "verify": 1}
+    # the first call adds one 16-token head probe to the 4 forwards; the second makes only the 4
+    assert per_call[0] == [16, 24, 24, 24, 24] and per_call[1] == [24, 24, 24, 24]
+    assert torch.equal(outs[0].sequences, outs[1].sequences)
+
+
+def test_cached_adapter_does_not_keep_the_module_alive():
+    import copy
+    import gc
+    import io
+    import weakref
+
+    model = TinyLLaDA()
+    mlm = wrap(model)
+    clone = copy.deepcopy(model)
+    assert wrap(clone) is not mlm and wrap(clone).model is clone  # copies start without adapters
+    shallow = copy.copy(model)
+    assert wrap(shallow).model is shallow and wrap(model) is mlm
+    torch.save(model, io.BytesIO())  # adapters are not pickled with the module
+    ref = weakref.ref(model)
+    del model, mlm, shallow
+    gc.collect()
+    assert ref() is None
