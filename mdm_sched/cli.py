@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
+    from mdm_sched.config import CliSpec, MaskedGenerationConfig
     from mdm_sched.profile import InformationProfile
     from mdm_sched.results import EvalConfig
 
@@ -30,52 +31,111 @@ _COMMANDS: dict[str, tuple[str, str, str, str]] = {
 }
 
 
+# ------------------------------------------------------------------------------------------------
+# mdm-sched generate: one flag per MaskedGenerationConfig field (same name, help and parsing as the API)
+# ------------------------------------------------------------------------------------------------
+
+#: What the command uses when neither a flag nor --config sets it (the API has no default for these).
+_GENERATE_DEFAULTS = {"gen_length": "required unless --config sets it", "schedule": "constant",
+                      "steps": "the block length (one token per call)", "num_samples": "1"}
+
+
+def _config_flag(parser: argparse.ArgumentParser, field: dataclasses.Field, spec: CliSpec) -> None:
+    """One ``--field-name`` flag from a config field's metadata; unset flags stay out of the namespace."""
+    flag = "--" + field.name.replace("_", "-")
+    default = _GENERATE_DEFAULTS.get(field.name, field.default)
+    shown = "off" if default is False else "none" if default is None else default
+    help_text = f"{field.metadata['help']} (default: {shown})"
+    kw: dict[str, object] = {"default": argparse.SUPPRESS, "help": help_text}
+    if spec.flag:
+        parser.add_argument(flag, action="store_true", **kw)
+    elif spec.optional_list:
+        parser.add_argument(flag, nargs="*", type=int, metavar=spec.metavar, **kw)
+    else:
+        parser.add_argument(flag, type=spec.parse or str, nargs=spec.nargs, choices=spec.choices,
+                            metavar=spec.metavar, **kw)
+
+
 def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="path, hub id or built-in name (antiberty, sapiens-vh, sapiens-vl)")
-    parser.add_argument("--gen-length", type=int, required=True, help="number of tokens to generate")
-    parser.add_argument("--steps", type=int, default=None, help="model calls (per block); default: gen-length")
-    parser.add_argument("--schedule", default="constant",
-                        help="builder name (constant, cosine, geometric, optimal, sqrt) or a schedule JSON file")
-    parser.add_argument("--profile", default=None, help="profile JSON for --schedule optimal/sqrt")
-    parser.add_argument("--num-samples", type=int, default=8)
-    parser.add_argument("--prompt", action="append", default=None, help="prompt text (repeatable)")
-    parser.add_argument("--order", default="random", choices=["random", "confidence", "margin", "entropy"])
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--top-p", type=float, default=None)
-    parser.add_argument("--block-length", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--dtype", default=None, choices=[None, "float32", "bfloat16", "float16"])
-    parser.add_argument("--trust-remote-code", action="store_true")
-    parser.add_argument("--out", default=None, help="write the samples as JSON lines here (atomically)")
+    """Flags of ``mdm-sched generate``: the model and run, then every :class:`MaskedGenerationConfig` field."""
+    from mdm_sched.config import cli_fields
+
+    run = parser.add_argument_group("model and run")
+    run.add_argument("--model", required=True, help="path, Hub id or built-in name (antiberty, sapiens-vh, sapiens-vl)")
+    run.add_argument("--prompt", action="append", default=None,
+                     help="prompt text (repeatable; --num-samples then means samples per prompt)")
+    run.add_argument("--config", default=None, metavar="PATH_OR_HUB_ID",
+                     help="a saved generation config (mdm_generation_config.json, its folder or a Hub id); "
+                          "the flags below override its fields")
+    run.add_argument("--seed", type=int, default=0,
+                     help="seed of the torch.Generator all randomness comes from (default: 0)")
+    run.add_argument("--device", default=None, help="e.g. cuda, cpu (default: the model's default)")
+    run.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                     help="model weights' dtype (default: as saved; sampling is float32 either way)")
+    run.add_argument("--trust-remote-code", action="store_true", help="needed for LLaDA / Dream checkpoints")
+    run.add_argument("--out", default=None, metavar="FILE.jsonl",
+                     help="write the samples as JSON lines here and the settings, schedule and calls made next to them "
+                          "(FILE.record.json); both atomically")
+    gen = parser.add_argument_group("generation settings (the fields of mdm_sched.MaskedGenerationConfig)")
+    for field, spec in cli_fields():
+        _config_flag(gen, field, spec)
+
+
+def _generation_config(args: argparse.Namespace) -> MaskedGenerationConfig:
+    """``--config`` (or the defaults) with every flag the user gave; the command's default schedule if none."""
+    from mdm_sched.config import MaskedGenerationConfig, cli_fields
+
+    base = MaskedGenerationConfig.from_pretrained(args.config) if args.config else MaskedGenerationConfig()
+    given = {f.name: getattr(args, f.name) for f, _ in cli_fields() if hasattr(args, f.name)}
+    if "stop_at_eos" in given:  # --stop-at-eos alone: the model's EOS; one id: that id; several: the list
+        ids = given["stop_at_eos"]
+        given["stop_at_eos"] = True if not ids else ids[0] if len(ids) == 1 else ids
+    cfg = base.replace(**given)
+    if cfg.schedule is None:
+        cfg = cfg.replace(schedule="constant")
+    if isinstance(cfg.schedule, str) and cfg.steps is None and cfg.schedule in _schedule_names():
+        cfg = cfg.replace(steps=cfg.block_length or cfg.gen_length)  # one token per call
+    if cfg.schedule in ("optimal", "sqrt") and cfg.profile is None:
+        raise ValueError(f"--schedule {cfg.schedule} needs --profile (a profile JSON file, its folder or a Hub id; "
+                         "make one with `mdm-sched profile`)")
+    return cfg
+
+
+def _schedule_names() -> tuple[str, ...]:
+    from mdm_sched.schedules import BUILDERS
+
+    return BUILDERS
 
 
 def generate_command(args: argparse.Namespace) -> int:
+    """``mdm-sched generate``: samples to stdout (and ``--out``), with a record of how they were made."""
     import torch
 
     import mdm_sched as ms
-    from mdm_sched import schedules
-    from mdm_sched._io import atomic_write_text
+    from mdm_sched._io import atomic_write_json, atomic_write_text
 
+    cfg = _generation_config(args)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     model = ms.load_masked_lm(args.model, device=args.device, dtype=dtype, trust_remote_code=args.trust_remote_code)
-    steps = args.steps or args.block_length or args.gen_length
-    schedule = ms.Schedule.load(args.schedule) if os.path.isfile(args.schedule) else args.schedule
-    if schedule in schedules.NEED_PROFILE and not args.profile:
-        raise SystemExit(f"--schedule {schedule} needs --profile PROFILE.json (make one with `mdm-sched profile`)")
-    generator = torch.Generator().manual_seed(args.seed)
-    out = ms.generate(model, prompts=args.prompt, gen_length=args.gen_length, schedule=schedule, steps=steps,
-                      profile=args.profile, num_samples=None if args.prompt else args.num_samples, order=args.order,
-                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                      block_length=args.block_length, generator=generator, progress=True)
+    out = ms.generate(model, prompts=args.prompt, generation_config=cfg,
+                      generator=torch.Generator().manual_seed(args.seed), progress=True)
     texts = out.texts if out.texts is not None else [" ".join(map(str, row)) for row in out.generated.tolist()]
-    print(f"# {len(texts)} samples, {out.nfe} model calls, schedule {schedule}", file=sys.stderr)
+    print(f"# {len(texts)} samples, {out.nfe} model calls, schedule {cfg.schedule}", file=sys.stderr)
     if args.out:
-        atomic_write_text(args.out, "".join(json.dumps({"text": t}) + "\n" for t in texts))
+        calls = out.calls_per_row.tolist()
+        atomic_write_text(args.out, "".join(json.dumps({"text": t, "calls": c}) + "\n" for t, c in zip(texts, calls)))
+        record = {"model": args.model, "prompts": args.prompt, "seed": args.seed, "samples": os.path.basename(args.out),
+                  **out.record()}
+        atomic_write_json(_record_path(args.out), record)
     for t in texts:
         print(t)
     return 0
+
+
+def _record_path(out: str) -> str:
+    """Where the record of ``--out FILE.jsonl`` goes: ``FILE.record.json``."""
+    root, ext = os.path.splitext(out)
+    return (root if ext in (".jsonl", ".json", ".txt") else out) + ".record.json"
 
 
 # ------------------------------------------------------------------------------------------------

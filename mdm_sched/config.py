@@ -98,7 +98,7 @@ class MaskedGenerationConfig(PretrainedJSON):
         "information profile for the optimal and sqrt schedules: a profile JSON file, a folder holding "
         "mdm_profile.json, or a Hub id", CliSpec(metavar="PATH_OR_HUB_ID")))
     num_samples: int | None = field(default=None, metadata=_meta(
-        "rows to generate without prompts (default 1), or samples per prompt", CliSpec(parse=int, metavar="N")))
+        "rows to generate without prompts, or samples per prompt", CliSpec(parse=int, metavar="N")))
     order: str | Order = field(default="random", metadata=_meta(
         "which masked positions a call reveals: random (the order the theory is exact for) or ranked by the model's "
         "prediction (confidence, margin, entropy)", CliSpec(choices=tuple(ORDERS))))

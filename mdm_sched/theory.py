@@ -1,4 +1,4 @@
-"""Theory reproduction on exact oracles (THEORY.md sections 3 and 4): predicted against measured gains.
+"""Theory reproduction on exact oracles (docs/theory.md §3 and §4): predicted against measured gains.
 
 :func:`oracle_theory` builds the table that ``mdm-sched demo`` appends to its report and that
 ``eval/theory.py`` prints:
