@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from mdm_sched.config import CliSpec, MaskedGenerationConfig
     from mdm_sched.profile import InformationProfile
     from mdm_sched.results import EvalConfig
+    from mdm_sched.schedules import Schedule
 
 # (module, add-arguments function, command function, help) per subcommand; modules load on use only.
 _COMMANDS: dict[str, tuple[str, str, str, str]] = {
@@ -172,7 +173,8 @@ def add_profile_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default=None, help="e.g. bfloat16 (default float32)")
     parser.add_argument("--trust-remote-code", action="store_true", help="needed for LLaDA / Dream checkpoints")
     parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--out", required=True, help="profile JSON to write")
+    parser.add_argument("--out", required=True, help="where to write the profile: a .json file, or a folder (e.g. the "
+                        "model's own) that gets mdm_profile.json, loadable with InformationProfile.from_pretrained")
     parser.add_argument("--plot", default=None, help="also write a PNG plot here")
     parser.add_argument("--gain-steps", default="8,16,32", help="comma-separated budgets for the printed gains")
 
@@ -222,11 +224,11 @@ def profile_command(args: argparse.Namespace) -> int:
 
 def _report_profile(profile: InformationProfile, args: argparse.Namespace, steps: list[int]) -> None:
     """Save (and plot) the profile, print its table and the predicted gains."""
-    profile.save(args.out)
+    written = _save_json_value(profile, args.out)
     if args.plot:
         profile.plot(args.plot)
     print(profile.description)
-    print(f"wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
+    print(f"wrote {written}" + (f" and {args.plot}" if args.plot else ""))
     _print_profile_table(profile)
     for t in steps:
         if 1 <= t <= profile.n_tokens:
@@ -245,11 +247,13 @@ def _print_profile_table(profile: InformationProfile, file: TextIO | None = None
 
 def add_schedule_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``mdm-sched schedule``."""
-    parser.add_argument("--profile", required=True, help="profile JSON written by `mdm-sched profile`")
+    parser.add_argument("--profile", required=True, help="the profile: a JSON file written by `mdm-sched profile`, a "
+                        "folder holding mdm_profile.json, or a Hub id")
     parser.add_argument("--steps", type=int, required=True, help="number of model calls T")
     parser.add_argument("--n-tokens", type=int, default=None, help="generation length (default: the profile's)")
     parser.add_argument("--max-tokens-per-step", type=int, default=None)
-    parser.add_argument("--out", default=None, help="write the optimal schedule as JSON here")
+    parser.add_argument("--out", default=None, help="write the optimal schedule here: a .json file, or a folder that "
+                        "gets mdm_schedule.json (usable as `generate --schedule FOLDER`)")
 
 
 def schedule_command(args: argparse.Namespace) -> int:
@@ -259,7 +263,7 @@ def schedule_command(args: argparse.Namespace) -> int:
     from mdm_sched import schedules
     from mdm_sched.profile import InformationProfile
 
-    profile = InformationProfile.load(args.profile)
+    profile = InformationProfile.from_pretrained(args.profile)
     n = args.n_tokens or profile.n_tokens
     curve = profile.curve(n)
     opt = schedules.optimal(curve, args.steps, args.max_tokens_per_step)
@@ -277,9 +281,16 @@ def schedule_command(args: argparse.Namespace) -> int:
     gains = [schedules.cost(curve, s) / j_opt if j_opt > 0 else 1.0 for _, s in rows[1:]]
     print(f"predicted gain of optimal: {gains[0]:.3f}x over constant, {gains[1]:.3f}x over cosine")
     if args.out:
-        opt.save(args.out)
-        print(f"wrote {args.out}")
+        print(f"wrote {_save_json_value(opt, args.out)}")
     return 0
+
+
+def _save_json_value(value: Schedule | InformationProfile, out: str) -> str:
+    """Save to ``out``: a ``.json`` path is one file (``save``), anything else a folder (``save_pretrained``)."""
+    if out.endswith(".json"):
+        value.save(out)
+        return out
+    return str(value.save_pretrained(out))
 
 
 # ------------------------------------------------------------------------------------------------

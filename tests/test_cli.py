@@ -123,3 +123,19 @@ def test_profile_with_a_stray_world_size_is_one_clear_line(monkeypatch, capsys):
     code = cli.main(["profile", "--model", "sapiens-vh", "--data", "antibody-germlines:human:H:test", "--out", "x.json"])
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and last.startswith("mdm-sched profile: error: WORLD_SIZE=2") and "unset WORLD_SIZE" in last
+
+
+def test_schedule_and_generate_use_folders(tmp_path, capsys):
+    levels = [0, 6, 12, 18, 23]
+    prof = ms.InformationProfile(levels, [2.9, 1.5, 1.0, 0.8, 0.75], [0.01] * 5, n_tokens=24)
+    prof.save_pretrained(tmp_path / "model")
+    assert cli.main(["schedule", "--profile", str(tmp_path / "model"), "--steps", "6",
+                     "--out", str(tmp_path / "model" / "T6")]) == 0
+    saved = ms.Schedule.from_pretrained(tmp_path / "model", subfolder="T6")
+    assert saved == ms.schedules.optimal(prof, steps=6, n_tokens=24)
+    for schedule in (["--schedule", str(tmp_path / "model" / "T6")],
+                     ["--schedule", "optimal", "--steps", "6", "--profile", str(tmp_path / "model")]):
+        out = tmp_path / "s.jsonl"
+        assert cli.main(["generate", "--model", "sapiens-vh", "--gen-length", "24", "--out", str(out), *schedule]) == 0
+        record = json.loads(out.with_suffix(".record.json").read_text())
+        assert record["block_schedules"][0]["sizes"] == list(saved.sizes) and record["nfe"] == 6
