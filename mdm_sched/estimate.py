@@ -1,7 +1,7 @@
 """Estimate an information profile: a masked LM's cross-entropy at fixed visible counts on held-out data.
 
 :func:`estimate_profile` runs forward passes with exactly ``i`` of the ``N`` generated positions visible,
-for a grid of levels ``i`` (THEORY.md sections 2 and 5), and returns an
+for a grid of levels ``i`` (docs/theory.md §2 and §5), and returns an
 :class:`~mdm_sched.profile.InformationProfile`.
 
 Pieces, in the order a run uses them:

@@ -1,6 +1,6 @@
 """The evaluation harness behind ``mdm-sched eval`` and ``mdm-sched demo``: measure, cache, return typed results.
 
-One run, for a model, a profile fitted on one split and an evaluation split (THEORY.md sections 3, 6):
+One run, for a model, a profile fitted on one split and an evaluation split (docs/theory.md §3, §6):
 
 1. fixed generation length ``N`` under the library's one length policy (:func:`mdm_sched.data.fixed_length`:
    default the most common length of the evaluation split, other lengths dropped; the profile split is

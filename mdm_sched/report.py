@@ -409,7 +409,7 @@ def _intro(res: EvalResults) -> list[str]:
            f"order); held-out metrics use {cfg.n_orders} random orders per sequence, common to every schedule "
            "(paired comparisons).", "",
            "Verdicts use the 2-SE rule: *win*/*lose* only when the difference exceeds twice its standard "
-           "error, otherwise *tie*. The schedule theory (THEORY.md) optimises the **held-out bound**; "
+           "error, otherwise *tie*. The schedule theory (docs/theory.md) optimises the **held-out bound**; "
            "sample-side metrics (path KL, spectra, judge) measure other things and may disagree."]
     if res.caveats:
         out += ["", "**Caveats.** " + " ".join(res.caveats)]

@@ -6,7 +6,7 @@ turns logits into tokens, and the **canvas** (:mod:`mdm_sched.canvas`) records t
 knows no rule, order or model family by name.
 
 * A fixed schedule with ``order="random"`` chooses positions before the call, so logits are computed only
-  there: the random-order factorized sampler the theory is exact for (THEORY.md section 1).
+  there: the random-order factorized sampler the theory is exact for (docs/theory.md §1).
 * Model-ranked orders (``"confidence"``, ``"margin"``, ``"entropy"``) and adaptive rules draw a token at every
   candidate position of the block, rank, and keep the top ``k`` per row.
 * A call in which no row has anything to reveal is skipped (no model call), so finished rows cost nothing
