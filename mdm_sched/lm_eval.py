@@ -57,14 +57,14 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from .config import MaskedGenerationConfig
 from .likelihood import continuation_logprob, greedy_matches
 from .models import MaskedLM, load_masked_lm, wrap
-from .rules import RevealRule, confidence_factor, entropy_bound, threshold
+from .rules import confidence_factor, entropy_bound, threshold
 from .sampling import generate
 from .schedules import as_rule
-from .validation import check_float, check_int, check_optional_int
+from .validation import check_int, check_optional_int
 
 __all__ = ["MDMSchedLM", "register", "main", "MODEL_NAME"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("lm_eval.mdm_sched")  # under lm-eval's logger, so its CLI shows our lines
 
 MODEL_NAME = "mdm_sched"
 #: adaptive rules by ``schedule=`` name: (builder, the model_arg holding its parameter)
@@ -143,7 +143,7 @@ class MDMSchedLM(LM):
         self.seed = check_int(seed, "seed", minimum=0)
         self.calls_log = Path(calls_log) if calls_log else None
         self.settings = generation_settings(generation)
-        self.accelerator = self._distributed()
+        self.accelerator = self._distributed(cpu=device == "cpu" or not torch.cuda.is_available())
         if self.accelerator is not None:
             device = str(self.accelerator.device)
         elif device is None and not isinstance(pretrained, (MaskedLM, torch.nn.Module)):
@@ -170,13 +170,13 @@ class MDMSchedLM(LM):
                              "generate call); 'auto' is not supported")
         return check_int(batch_size, "batch_size", minimum=1)
 
-    def _distributed(self) -> Any:
-        """An ``accelerate.Accelerator`` under a multi-process launch, else ``None``."""
+    def _distributed(self, cpu: bool) -> Any:
+        """An ``accelerate.Accelerator`` under a multi-process launch, else ``None`` (``cpu``: gloo, no GPUs)."""
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             return None
         from accelerate import Accelerator
 
-        accelerator = Accelerator()
+        accelerator = Accelerator(cpu=cpu)
         self._rank, self._world_size = accelerator.process_index, accelerator.num_processes
         return accelerator if accelerator.num_processes > 1 else None
 
@@ -190,17 +190,28 @@ class MDMSchedLM(LM):
         except Exception:  # a tokenizer that cannot encode plain text: no BOS policy to copy
             return False
 
+    def _sized(self, length: int) -> dict[str, Any]:
+        """The settings for ``length`` generated tokens: ``steps`` defaults to one token per call (LLaDA's
+        default ``steps = gen_length``) and is capped by a shorter unblocked length (``max_gen_toks``)."""
+        settings = dict(self.settings, gen_length=length)
+        span = min(settings.get("block_length") or length, length)
+        if settings.get("steps") is None:
+            settings["steps"] = span
+        elif settings["steps"] > span and settings.get("block_length") is None:
+            settings["steps"] = span
+        return settings
+
     def _check_generation(self) -> None:
         """Resolve the schedule once (a missing profile or a bad rule fails here, not at the first request)."""
-        gen_length = self.settings.get("gen_length") or _DEFAULT_GEN_TOKENS
-        block = self.settings.get("block_length") or gen_length
-        cfg = MaskedGenerationConfig().replace(**{**self.settings, "gen_length": gen_length}).validated()
-        rule = as_rule(cfg.schedule, min(block, gen_length), steps=cfg.steps, profile=cfg.profile)
-        blocks = -(-gen_length // min(block, gen_length))
-        planned = rule.planned_calls(min(block, gen_length))
+        settings = self._sized(self.settings.get("gen_length") or _DEFAULT_GEN_TOKENS)
+        cfg = MaskedGenerationConfig().replace(**settings).validated()
+        span = min(cfg.block_length or cfg.gen_length, cfg.gen_length)
+        rule = as_rule(cfg.schedule, span, steps=cfg.steps, profile=cfg.profile)
+        blocks = -(-cfg.gen_length // span)
+        planned = rule.planned_calls(span)
         total = "adaptive" if planned is None else f"{planned} per block x {blocks} blocks = {planned * blocks}"
         log.info("mdm_sched: %s, gen_length=%d, block_length=%s, order=%s; model calls per sample: %s",
-                 rule, gen_length, self.settings.get("block_length"), cfg.order, total)
+                 rule, cfg.gen_length, cfg.block_length, cfg.order, total)
 
     # -- lm-eval's distributed conventions -----------------------------------------------------------
     @property
@@ -331,13 +342,10 @@ class MDMSchedLM(LM):
         kwargs = dict(gen_kwargs)
         until = kwargs.pop("until", None) or []
         until = [until] if isinstance(until, str) else [str(u) for u in until if u]
-        settings = dict(self.settings)
-        length = settings.get("gen_length") or _DEFAULT_GEN_TOKENS
+        length = self.settings.get("gen_length") or _DEFAULT_GEN_TOKENS
         if kwargs.get("max_gen_toks") is not None:
             length = min(length, check_int(kwargs.pop("max_gen_toks"), "max_gen_toks", minimum=1))
-            if settings.get("block_length") is None and isinstance(settings.get("steps"), int):
-                settings["steps"] = min(settings["steps"], length)
-        settings["gen_length"] = length
+        settings = self._sized(length)
         if kwargs.pop("do_sample", None) is False:
             kwargs["temperature"] = 0.0
         for key in ("temperature", "top_p", "top_k"):
