@@ -195,9 +195,8 @@ class MDMSchedLM(LM):
         default ``steps = gen_length``) and is capped by a shorter unblocked length (``max_gen_toks``)."""
         settings = dict(self.settings, gen_length=length)
         span = min(settings.get("block_length") or length, length)
-        if settings.get("steps") is None:
-            settings["steps"] = span
-        elif settings["steps"] > span and settings.get("block_length") is None:
+        steps = settings.get("steps")
+        if steps is None or (steps > span and settings.get("block_length") is None):
             settings["steps"] = span
         return settings
 
