@@ -271,7 +271,6 @@ def test_accelerate_launch_shards_requests_and_gathers(setup, run, tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     res = subprocess.run(cmd, env=env, timeout=300, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "number of requests on this rank" in res.stderr or "mdm_sched" in res.stdout
     (found,) = (tmp_path / "out").rglob("results_*.json")
     two = json.loads(found.read_text())
     want = _result_values(run[1])
@@ -282,7 +281,10 @@ def test_accelerate_launch_shards_requests_and_gathers(setup, run, tmp_path):
     one = {k: sorted((r["task"], r["doc_id"], r["idx"], r["calls"]) for r in v) for k, v in lm.call_records.items()}
     got = {k: sorted((r["task"], r["doc_id"], r["idx"], r["calls"]) for r in logged if r["request_type"] == k)
            for k in one}
-    assert got == one  # every request once (lm-eval's padding copies are not counted), same calls
+    # every request exactly once: lm-eval's padding copies are not counted, and two processes that each ran
+    # everything as "rank 0" would have logged every record twice
+    assert got == one
+    assert two["config"]["mdm_sched"]["calls"] == run[1]["config"]["mdm_sched"]["calls"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -396,10 +398,11 @@ metric_list:
 
 
 def test_sapiens_picks_the_germline_span(tmp_path):
-    """Sapiens through lm-eval: which of four 3-residue spans continues a human VH germline (chance 0.25)?"""
+    """Sapiens through lm-eval: which of four 3-residue spans (three with one substitution) continues a human VH
+    germline (chance 0.25)?"""
     if not ms.assets.available().get("sapiens-vh"):
         pytest.skip("sapiens is not installed (scripts/setup.sh installs it)")
-    tasks = _germline_task(tmp_path, n_docs=24, span=3, mutations=2)
+    tasks = _germline_task(tmp_path, n_docs=24, span=3, mutations=1)
     results = _evaluate("mdm_sched", "pretrained=sapiens-vh,is_check_greedy=False", tasks, ["germline_span"])
     acc = results["results"]["germline_span"]["acc,none"]
     calls = results["config"]["mdm_sched"]["calls"]["loglikelihood"]
