@@ -225,6 +225,7 @@ def test_calls_are_logged_per_sample_and_summarised(run, setup):
         assert summary[kind]["requests"] == len(records)
         assert summary[kind]["mean_calls"] == pytest.approx(sum(r["calls"] for r in records) / len(records))
     assert {(r["task"], r["doc_id"]) for r in kinds["generate_until"]} == {("tiny_gen", i) for i in range(len(GEN_DOCS))}
+    assert kinds == lm.call_records  # the file holds what the model kept
 
 
 def _result_values(results: dict) -> dict:
@@ -409,3 +410,31 @@ def test_sapiens_picks_the_germline_span(tmp_path):
     print(f"Sapiens germline span accuracy {acc:.3f} (chance 0.25), {calls['mean_calls']:.1f} calls per choice")
     assert acc >= 0.6
     assert calls["mean_calls"] == 7  # 3 residues: all 2^3 - 1 subsets, exact
+
+
+# --------------------------------------------------------------------------------------------------
+# the recipe's table and plot
+# --------------------------------------------------------------------------------------------------
+
+def test_recipe_plots_accuracy_against_calls(run, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lm_eval_calls", ROOT / "recipes" / "lm_eval_calls.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    results = {k: v for k, v in run[1].items() if k != "samples"}
+    for name, schedule in (("a", "constant"), ("b", "threshold")):
+        out = tmp_path / name
+        out.mkdir()
+        results["config"] = dict(results["config"], model_args={"schedule": schedule, "threshold": 0.9} if name == "b"
+                                 else {"schedule": schedule})
+        (out / "results_x.json").write_text(json.dumps(results, default=str))
+    rows = recipe.collect([tmp_path / "a", tmp_path / "b"], "tiny_mc", "acc,none")
+    assert [r["series"] for r in rows] == ["constant", "threshold threshold=0.9"]
+    want = run[1]["config"]["mdm_sched"]["calls"]["loglikelihood"]["mean_calls"]  # multiple_choice -> loglikelihood
+    assert all(r["mean_calls"] == pytest.approx(want) and r["value"] == run[1]["results"]["tiny_mc"]["acc,none"]
+               for r in rows)
+    assert recipe.main([str(tmp_path), "--task", "tiny_gen", "--metric", "exact_match,none",
+                        "--out", str(tmp_path / "plot.png")]) == 0
+    assert (tmp_path / "plot.png").stat().st_size > 1000
+    assert recipe.main([str(tmp_path), "--task", "no_such_task"]) == 1
