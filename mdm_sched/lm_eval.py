@@ -28,7 +28,7 @@ model_args (``key=value``; lm-eval adds ``batch_size`` and ``device``):
   ``2^L - 1 <=`` this; default ``mc_num``), ``is_check_greedy`` (default True).
 * ``seed`` (default 1234): every request's randomness is seeded from it and the request's own text, so results do
   not depend on batching or on the number of processes.
-* ``calls_log``: a JSON-lines file (written by process 0) with one record per request: task, doc_id, choice index,
+* ``calls_log``: a JSON-lines file (appended to by process 0) with one record per request: task, doc_id, choice index,
   model calls and more. The mean calls per request type also land in the results' ``config["mdm_sched"]``.
 
 Under ``accelerate launch`` each process loads the model on its own device and lm-eval hands it its share of the
@@ -155,6 +155,8 @@ class MDMSchedLM(LM):
         self.tokenizer = self.mlm.tokenizer
         self.max_length = check_optional_int(max_length, "max_length", minimum=1) or self.mlm.max_length
         self.add_bos = self._default_add_bos() if add_bos is None else bool(add_bos)
+        if self.add_bos and getattr(self.tokenizer, "bos_token_id", None) is None:
+            raise ValueError("add_bos=True but the model's tokenizer has no BOS token; drop add_bos")
         self._calls: dict[str, list[dict[str, Any]]] = {}
         self._check_generation()
 
