@@ -360,6 +360,39 @@ def test_chat_template_and_batches_of_prompts(setup, tiny_lm):
     assert results["samples"]["tiny_gen"][0]["arguments"][0][0].startswith("user: Q:")
 
 
+def _word_tokenizer(n_words: int):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<s>": 0} | {f"w{i}": i for i in range(1, n_words + 1)} | {"</s>": n_words + 1, "[MASK]": n_words + 2}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="w1"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", mask_token="[MASK]",
+                                   unk_token="w1", pad_token="</s>")
+
+
+@pytest.mark.parametrize("shape", ["llada", "dream"])
+def test_llada_and_dream_shaped_models(shape):
+    from lm_eval.api.instance import Instance
+    from test_models import TinyDream, TinyLLaDA
+
+    model = TinyLLaDA(seed=3, eos_token_id=38) if shape == "llada" else TinyDream(seed=4)
+    mlm = ms.wrap(model, tokenizer=_word_tokenizer(37), mask_token_id=39)
+    lm = mle.MDMSchedLM(pretrained=mlm, gen_length=6, steps=3, add_bos=True, mc_num=8, exact_max_calls=7)
+    pairs = [("w1 w2 w3", " w4 w5"), ("w7", " w6 w7 w8 w9"), ("", " w3")]  # exact, Monte Carlo, no context
+    reqs = [Instance("loglikelihood", {}, pair, i, ("t", 0, 1)) for i, pair in enumerate(pairs)]
+    out = lm.loglikelihood(reqs)
+    for (context, continuation), (logprob, greedy) in zip(pairs, out):
+        ctx = [0, *mlm.encode([context])[0]] if context else [0]
+        target = mlm.encode([continuation])[0]
+        want = continuation_logprob(mlm, ctx, target, mc_num=8, batch_size=32, exact_max_calls=7,
+                                    generator=mle._seed_for(lm.seed, "ll", context, continuation, 0))
+        assert logprob == pytest.approx(want.logprob, abs=1e-6) and isinstance(greedy, bool)
+    assert [r["exact"] for r in lm.call_records["loglikelihood"]] == [True, False, True]
+    text = lm.generate_until([_request("w1 w2", until=["w9"])])[0]
+    assert "w9" not in text and "<s>" not in text and len(text.split()) <= 6
+
+
 # --------------------------------------------------------------------------------------------------
 # a real model on a real task
 # --------------------------------------------------------------------------------------------------
