@@ -17,8 +17,8 @@ import pytest
 import torch
 
 lm_eval = pytest.importorskip(
-    "lm_eval", reason="lm-evaluation-harness is not installed in this environment; the 'lm-eval' extra "
-                      "(pip install -e '.[lm-eval]') brings it, and CI runs this file in an environment with it")
+    "lm_eval", reason="lm-evaluation-harness is not installed in this environment; install the 'lm-eval' extra "
+                      "(pip install -e '.[lm-eval]') to run these tests")
 
 import mdm_sched as ms  # noqa: E402
 import mdm_sched.lm_eval as mle  # noqa: E402
