@@ -28,7 +28,7 @@ _LAZY = {
     "orders": ("mdm_sched.orders", None),
     "GenerationOutput": ("mdm_sched.sampling", "GenerationOutput"),
     "InformationProfile": ("mdm_sched.profile", "InformationProfile"),
-    "estimate_profile": ("mdm_sched.profile", "estimate_profile"),
+    "estimate_profile": ("mdm_sched.estimate", "estimate_profile"),
     "data": ("mdm_sched.data", None),
     "assets": ("mdm_sched.assets", None),
 }

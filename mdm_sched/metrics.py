@@ -1,4 +1,4 @@
-"""How good is a schedule? Estimators with error bars, and exact values on oracles (THEORY.md sections 3 and 6).
+"""How good is a schedule? Estimators with error bars, and exact values on oracles (docs/theory.md §3 and §6).
 
 Model-based (need forward passes; every function batches rows and calls the model once per chunk):
 
@@ -179,7 +179,7 @@ def heldout_likelihood(model: Any, sequences: Any, schedules: Any, *, n_orders: 
     For each sequence ``x`` and order ``sigma`` (shared by all schedules), schedule ``k`` gives
     ``log q_sigma(x) = sum_t sum_{j in S_t} log p(x_j | x_{A_{t-1}})`` with ``S_t`` the ranks
     ``K_{t-1}..K_t - 1`` of ``sigma``. One forward per distinct block start ``K`` (the union over schedules)
-    per (sequence, order): ``-mean log q / N`` is the held-out bound ``NLL_T`` of THEORY.md section 3 and
+    per (sequence, order): ``-mean log q / N`` is the held-out bound ``NLL_T`` of docs/theory.md §3 and
     ``-log mean_m q_{sigma_m}(x) / N`` tightens it toward the sampler's true held-out NLL (:func:`summarize_heldout`).
 
     Args:
@@ -241,7 +241,7 @@ def summarize_heldout(result: HeldoutResult, baseline: str | None = None) -> dic
 
 
 # --------------------------------------------------------------------------------------------------
-# path KL from the T-step sampler to the N-step sampler (THEORY.md section 6.3)
+# path KL from the T-step sampler to the N-step sampler (docs/theory.md §6, item 3)
 # --------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -261,6 +261,25 @@ class PathKLResult:
     n_generated: int
     levels_used: int | None
     n_forward_rows: int
+
+
+def _path_kl_levels(sorted_rs: torch.Tensor, n_levels: int | None, generator: torch.Generator | None
+                    ) -> tuple[torch.Tensor, torch.Tensor, int | None]:
+    """Which (sample, level) pairs path KL evaluates, their weights, and the levels per sample (None = all).
+
+    Level ``i`` (0-based over all positions, given ones first) is non-trivial iff it is not the first of its block.
+    """
+    bsz, length = sorted_rs.shape
+    nontrivial = torch.zeros_like(sorted_rs, dtype=torch.bool)
+    nontrivial[:, 1:] = (sorted_rs[:, 1:] == sorted_rs[:, :-1]) & (sorted_rs[:, 1:] > 0)
+    if n_levels is None:
+        return nontrivial, torch.ones(bsz, dtype=torch.float64), None
+    check_int(n_levels, "n_levels", minimum=1, hint=" or None (all levels)")
+    n_nontrivial = nontrivial.sum(1)
+    keys = torch.rand(bsz, length, generator=generator).masked_fill(~nontrivial, 2.0)
+    take = torch.arange(length).unsqueeze(0) < torch.clamp(n_nontrivial, max=n_levels).unsqueeze(1)
+    chosen = torch.zeros_like(nontrivial).scatter_(1, keys.argsort(1), take)
+    return chosen, n_nontrivial.double() / chosen.sum(1).clamp(min=1).double(), n_levels
 
 
 def path_kl(model: Any, sequences: torch.Tensor, reveal_step: torch.Tensor, token_logprobs: torch.Tensor, *,
@@ -296,23 +315,7 @@ def path_kl(model: Any, sequences: torch.Tensor, reveal_step: torch.Tensor, toke
     if bool((n_gen == 0).any()):
         raise ValueError("path_kl: a row has no generated position (reveal_step all 0)")
     sorted_rs = rs.sort(1).values
-    # level i (0-based over all positions, given ones first) is non-trivial iff it is not the first of its block
-    nontrivial = torch.zeros_like(rs, dtype=torch.bool)
-    nontrivial[:, 1:] = (sorted_rs[:, 1:] == sorted_rs[:, :-1]) & (sorted_rs[:, 1:] > 0)
-    n_nontrivial = nontrivial.sum(1)
-    if n_levels is None:
-        chosen = nontrivial
-        weight = torch.ones(bsz, dtype=torch.float64)
-        used = None
-    else:
-        check_int(n_levels, "n_levels", minimum=1, hint=" or None (all levels)")
-        keys = torch.rand(bsz, length, generator=generator).masked_fill(~nontrivial, 2.0)
-        order = keys.argsort(1)
-        take = torch.arange(length).unsqueeze(0) < torch.clamp(n_nontrivial, max=n_levels).unsqueeze(1)
-        chosen = torch.zeros_like(nontrivial)
-        chosen.scatter_(1, order, take)
-        weight = n_nontrivial.double() / chosen.sum(1).clamp(min=1).double()
-        used = n_levels
+    chosen, weight, used = _path_kl_levels(sorted_rs, n_levels, generator)
     row_idx, lvl = chosen.nonzero(as_tuple=True)  # one model row per chosen (sample, level)
     per_sample = torch.zeros(bsz, dtype=torch.float64)
     n_rows = int(row_idx.numel())

@@ -61,7 +61,7 @@ class GenerationOutput:
         history: with ``return_history``, one ``(positions [n, 2] (row, col), tokens [n])`` pair per call.
         prompt_length: ``P``, the padded prompt width.
         block_schedules: the schedule used in each block (fixed schedules only).
-        config: the validated settings the samples were generated with.
+        config: the validated settings the samples were generated with (:meth:`record` makes all this JSON).
     """
 
     sequences: torch.Tensor
@@ -76,6 +76,13 @@ class GenerationOutput:
     prompt_length: int = 0
     block_schedules: list[Schedule] = field(default_factory=list)
     config: MaskedGenerationConfig | None = None
+
+    def record(self) -> dict[str, Any]:
+        """JSON-ready record of how the samples were made: the settings (:meth:`MaskedGenerationConfig.to_dict`),
+        each block's schedule sizes (fixed schedules), model calls and calls per row. Store it next to samples."""
+        return {"config": None if self.config is None else self.config.to_dict(),
+                "block_schedules": [{"name": s.name, "sizes": list(s.sizes)} for s in self.block_schedules],
+                "nfe": self.nfe, "calls_per_row": self.calls_per_row.tolist(), "prompt_length": self.prompt_length}
 
 
 @dataclass

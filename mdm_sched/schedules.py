@@ -2,12 +2,13 @@
 
 A schedule ``k = (k_1, ..., k_T)`` is a tuple of positive integers summing to the number of generated
 tokens ``N``; ``T`` is the number of model calls (NFE). Builders return :class:`Schedule` objects;
-:func:`optimal` solves the exact dynamic program of THEORY.md section 4 on a non-increasing
+:func:`optimal` solves the exact dynamic program of docs/theory.md §4 on a non-increasing
 cross-entropy curve ``CE(i)``, ``i = 0..N-1`` (or on an :class:`~mdm_sched.InformationProfile`).
 """
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ._io import atomic_write_json, check_format, read_json
-from .rules import FixedSchedule, RevealRule, confidence_factor, entropy_bound, threshold
+from ._io import atomic_write_json, check_format, library_version, read_json
+from .hub import PretrainedJSON
+from .rules import RULES, FixedSchedule, RevealRule, confidence_factor, entropy_bound, from_description, parse_rule, threshold
 from .validation import check_int, is_int
 
 if TYPE_CHECKING:
@@ -41,6 +43,9 @@ __all__ = [
     "confidence_factor",
     "as_rule",
     "NEED_PROFILE",
+    "spec_to_json",
+    "spec_from_json",
+    "parse_spec",
 ]
 
 _FORMAT = "mdm_sched.schedule"
@@ -57,15 +62,21 @@ def _check_steps(n_tokens: Any, steps: Any) -> tuple[int, int]:
     return n, t
 
 
-class Schedule:
+class Schedule(PretrainedJSON):
     """Tokens revealed per model call: an immutable tuple of positive integers.
 
     >>> s = Schedule([2, 3])
     >>> s.steps, s.n_tokens, s.cumulative
     (2, 5, (0, 2, 5))
+
+    Saved as one JSON object: :meth:`save`/:meth:`load` for a single file, :meth:`save_pretrained` /
+    :meth:`from_pretrained` / :meth:`push_to_hub` for a folder (``mdm_schedule.json``, e.g. next to a model)
+    or a Hub repository.
     """
 
     __slots__ = ("_metadata", "_name", "_sizes")
+    FILENAME = "mdm_schedule.json"
+    WHAT = "schedule"
 
     def __init__(self, sizes: Sequence[int] | np.ndarray | torch.Tensor, *, name: str | None = None,
                  metadata: Mapping[str, Any] | None = None) -> None:
@@ -180,12 +191,14 @@ class Schedule:
 
     # -- serialisation ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict: format and version, sizes, name and metadata (and the library version that wrote it)."""
         return {"format": _FORMAT, "version": _FORMAT_VERSION, "name": self._name,
                 "sizes": list(self._sizes), "steps": self.steps, "n_tokens": self.n_tokens,
-                "metadata": self._metadata}
+                "metadata": self._metadata, "mdm_sched_version": library_version()}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Schedule:
+        """Inverse of :meth:`to_dict`; a foreign, newer-format or corrupted object raises ValueError."""
         data = check_format(dict(data) if isinstance(data, Mapping) else data, fmt=_FORMAT, version=_FORMAT_VERSION,
                             what="schedule")
         sched = cls(data["sizes"], name=data.get("name"), metadata=data.get("metadata"))
@@ -194,12 +207,17 @@ class Schedule:
         return sched
 
     def save(self, path: str | Path) -> None:
-        """Write the schedule as JSON (atomically)."""
+        """Write the schedule as a single JSON file (atomically); see :meth:`save_pretrained` for a folder."""
         atomic_write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> Schedule:
-        return cls.from_dict(read_json(path, what="schedule"))
+        """Read a file written by :meth:`save`; errors name the file (see :meth:`from_pretrained` for folders)."""
+        data = read_json(path, what="schedule")
+        try:
+            return cls.from_dict(data)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
 
 
 # ------------------------------------------------------------------------------------------------
@@ -296,7 +314,7 @@ def _geometric_path(n: int, t: int, eps: float) -> np.ndarray:
 
 
 def geometric(n_tokens: int, steps: int, kind: str = "dtc") -> Schedule:
-    """Geometric schedule with the smallest ``eps`` that fits ``steps`` calls (THEORY.md section 4).
+    """Geometric schedule with the smallest ``eps`` that fits ``steps`` calls (docs/theory.md §4).
 
     ``kind="dtc"``: the revealed count grows geometrically, ``k_t - 1 <= eps (K_{t-1} + 1)``, so
     ``E_fact <= eps * DTC``. ``kind="tc"``: the masked count shrinks geometrically,
@@ -324,7 +342,7 @@ def geometric(n_tokens: int, steps: int, kind: str = "dtc") -> Schedule:
 
 
 # ------------------------------------------------------------------------------------------------
-# The exact optimum (THEORY.md section 4)
+# The exact optimum (docs/theory.md §4)
 # ------------------------------------------------------------------------------------------------
 
 def _dp_layer(d_prev: np.ndarray, curve: np.ndarray, prefix: np.ndarray, cols: np.ndarray,
@@ -423,7 +441,7 @@ def sqrt_rule(curve_or_profile: Any, steps: int, *, n_tokens: int | None = None)
     """Closed-form approximation of the optimum: equal square-root-information mass per call.
 
     The continuum minimiser reveals ``int_0^x sqrt(F'(u)) du = s G`` after a fraction ``s`` of the calls
-    (THEORY.md section 4), i.e. small steps where information arrives fast. It assumes the profile's
+    (docs/theory.md §4), i.e. small steps where information arrives fast. It assumes the profile's
     slope is nearly constant within each call, so it is within ~1% of :func:`optimal` once T resolves the
     profile's curvature (N = 2000, T >= 50 on smooth profiles) and a few % off for very small T.
     """
@@ -510,11 +528,12 @@ def build(name: str, n_tokens: int, steps: int, curve_or_profile: Any = None) ->
 
 
 def _profile_or_path(profile: Any) -> Any:
-    """An InformationProfile from a path (str / PathLike), or the argument unchanged."""
-    if isinstance(profile, (str, Path)):
+    """An InformationProfile from a JSON file, a folder holding ``mdm_profile.json`` or a Hub repository id
+    (str / PathLike), or the argument unchanged."""
+    if isinstance(profile, (str, os.PathLike)):
         from .profile import InformationProfile
 
-        return InformationProfile.load(profile)
+        return InformationProfile.from_pretrained(profile)
     return profile
 
 
@@ -523,9 +542,11 @@ def resolve(spec: ScheduleLike, n_tokens: int, *, steps: int | None = None, prof
     """What a ``schedule=`` argument means for blocks of ``n_tokens`` positions.
 
     A :class:`Schedule` or a list of sizes must reveal exactly ``n_tokens``; an int ``T`` is
-    ``constant(n_tokens, T)`` (calls per block); a builder name needs ``steps`` (and ``profile`` for
-    ``"optimal"``/``"sqrt"``: an InformationProfile, a CE curve or a profile file path); a reveal rule
-    (e.g. :func:`threshold`) is returned as it is.
+    ``constant(n_tokens, T)`` (``T`` calls **per block**; LLaDA's ``steps`` is the total over all blocks); a builder
+    name needs ``steps`` (calls per block; and ``profile`` for ``"optimal"``/``"sqrt"``: an InformationProfile, a CE
+    curve, a profile file, a folder holding ``mdm_profile.json`` or a Hub id); a path to a saved schedule (file or
+    folder) is loaded; a reveal rule (e.g. :func:`threshold`) is returned as it is, and so is its text form
+    (``"threshold:0.9"``, :func:`mdm_sched.rules.parse_rule`).
     """
     if isinstance(spec, RevealRule):
         return spec
@@ -540,9 +561,14 @@ def resolve(spec: ScheduleLike, n_tokens: int, *, steps: int | None = None, prof
             raise ValueError(f"schedule={t} calls per block > {argname}={n_tokens} tokens: each call reveals at least "
                              f"one token, so use at most {n_tokens} calls per block")
         return constant(n_tokens, t)
+    if isinstance(spec, str) and (":" in spec or (spec in RULES and spec != "schedule")):
+        return parse_rule(spec)
+    if isinstance(spec, str) and spec not in BUILDERS and os.path.exists(spec):
+        return resolve(Schedule.from_pretrained(spec), n_tokens, argname=argname)
     if isinstance(spec, str):
         if steps is None:
-            raise ValueError(f"schedule={spec!r} needs steps=<number of model calls per block>")
+            raise ValueError(f"schedule={spec!r} needs steps=<number of model calls per block> (not the total over "
+                             "all blocks, as LLaDA's steps)")
         t = check_int(steps, "steps", minimum=1, maximum=n_tokens, hint=f" (calls per block, at most {argname}={n_tokens})")
         return build(spec, n_tokens, t, _profile_or_path(profile))
     raise TypeError("schedule must be a Schedule, a list of per-call sizes, an int (calls per block, constant schedule), "
@@ -556,3 +582,51 @@ def as_rule(spec: ScheduleLike, n_tokens: int, *, steps: int | None = None, prof
     rule = found if isinstance(found, RevealRule) else FixedSchedule(found)
     rule.check_length(n_tokens, argname)
     return rule
+
+
+def spec_to_json(spec: ScheduleLike) -> int | str | list[int] | dict[str, Any]:
+    """A ``schedule=`` value as JSON: an int, a name, a list of sizes, a :class:`Schedule`'s dict or a rule's
+    :meth:`~mdm_sched.rules.RevealRule.describe`; :func:`spec_from_json` inverts it."""
+    if isinstance(spec, Schedule):
+        return spec.to_dict()
+    if isinstance(spec, RevealRule):
+        desc = spec.describe()
+        if desc.get("rule") not in RULES:
+            raise ValueError(f"the reveal rule {spec!r} cannot be saved: describe() must name a registered rule "
+                             "(mdm_sched.rules.register_rule) and return its parameters")
+        return desc
+    if is_int(spec):
+        return int(spec)
+    if isinstance(spec, str):
+        return spec
+    if isinstance(spec, (list, tuple)) and all(is_int(k) for k in spec):
+        return [int(k) for k in spec]
+    raise TypeError("schedule must be a Schedule, a list of per-call sizes, an int (calls per block), a builder or rule "
+                    f"name, or a reveal rule to be saved; got {type(spec).__name__}")
+
+
+def spec_from_json(data: Any) -> ScheduleLike:
+    """Inverse of :func:`spec_to_json`."""
+    if isinstance(data, Mapping):
+        return Schedule.from_dict(data) if "format" in data else from_description(data)
+    if isinstance(data, list):
+        return [check_int(k, f"schedule[{i}]") for i, k in enumerate(data)]
+    if is_int(data) or isinstance(data, str):
+        return data
+    raise ValueError(f"corrupted schedule entry {data!r}: expected an int, a name, a list of sizes, a saved schedule "
+                     "or a rule description")
+
+
+def parse_spec(text: str) -> ScheduleLike:
+    """A ``schedule=`` value from text (the command line): ``"16"`` is 16 calls per block, ``"4,2,2"`` a list of
+    sizes; anything else (a builder name, a rule such as ``"threshold:0.9"``, a path to a saved schedule) stays text,
+    which :func:`resolve` understands."""
+    text = str(text).strip()
+    if text.isdigit():
+        return int(text)
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) > 1 and all(p.isdigit() for p in parts):
+        return [int(p) for p in parts]
+    if not text:
+        raise ValueError("schedule must not be empty: give calls per block (e.g. 16), a builder name, sizes or a rule")
+    return text

@@ -10,7 +10,7 @@ Sequences are fixed-length windows of the tokenised verse stream (``--seq-len`` 
 [CLS]/[SEP]), so the profile, generation and evaluation all use the same length.
 Training is resumable: ``--out`` holds a checkpoint written atomically every ``--save-every`` steps.
 
-This exercises the machinery on text; it is not a good language model (ASSETS.md: ~18% held-out masked
+This exercises the machinery on text; it is not a good language model (docs/assets.md: ~18% held-out masked
 accuracy after 3,000 steps on 2 CPU cores).
 """
 from __future__ import annotations

@@ -1,0 +1,740 @@
+"""Estimate an information profile: a masked LM's cross-entropy at fixed visible counts on held-out data.
+
+:func:`estimate_profile` runs forward passes with exactly ``i`` of the ``N`` generated positions visible,
+for a grid of levels ``i`` (THEORY.md sections 2 and 5), and returns an
+:class:`~mdm_sched.profile.InformationProfile`.
+
+Pieces, in the order a run uses them:
+
+- levels (:func:`default_levels`, explicit counts or fractions) and held-out data, under the library's one
+  length policy (:func:`mdm_sched.data.fixed_length`: ``prompt_length`` always-visible prompt tokens
+  followed by the ``N`` scored tokens), with a check that every data token can get probability;
+- a stop rule (:class:`TokensPerLevel` or :class:`TargetSE`): one object that says which levels the batches
+  of the next round run. The same call, replayed on a dry copy of the sums, sizes the progress bar
+  (:func:`planned_forwards`), so the bar's total is the number of forwards the run performs;
+- one forward at (batch ``b``, level ``i``) turned into per-row sums, accumulated per level and per sequence;
+- a checkpoint (``.npz``) of those sums, written after every round.
+
+Determinism, resuming and data parallelism
+    The rows of batch ``b`` are a seeded permutation of the data (one per pass), and the masks for
+    (batch ``b``, level ``i``) come from a generator seeded by ``(seed, b, i)``. Work proceeds in
+    rounds of ``checkpoint_every`` batches; stop decisions are taken only between rounds, from the
+    global sums, so the set of forward passes does not depend on how many processes run them. With an
+    initialised process group or an ``accelerate`` state (:mod:`mdm_sched.distributed`) the (batch, level)
+    forwards of a round are dealt out round-robin to the processes and the per-(batch, level) sums are
+    all-reduced (each entry is produced by exactly one process, so the reduction is exact): 2 processes
+    give the 1-process result. After every round the sums are written atomically to ``checkpoint``;
+    rerunning with the same arguments resumes from there and replays exactly the same masks, so the
+    profile is identical.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import io
+import json
+import math
+import os
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+
+from . import data as _data
+from ._io import atomic_write_bytes, check_format
+from .distributed import AcceleratorLike, DistContext
+from .profile import InformationProfile
+from .validation import check_float, check_int, check_optional_int
+
+if TYPE_CHECKING:
+    from ._types import DataLike, ModelLike, PathLike
+    from .models import MaskedLM
+
+__all__ = ["estimate_profile", "default_levels", "StopRule", "TokensPerLevel", "TargetSE", "stop_rule", "BatchGrid",
+           "Accumulator", "planned_forwards", "DEFAULT_TOKENS_PER_LEVEL", "DEFAULT_N_LEVELS", "DEFAULT_MAX_BATCHES_SE"]
+
+DEFAULT_TOKENS_PER_LEVEL = 4096
+DEFAULT_N_LEVELS = 48
+#: Cap on data batches under ``target_se`` when ``max_batches`` is not given.
+DEFAULT_MAX_BATCHES_SE = 1000
+#: ``levels=``: how many (int), explicit visible counts, or visible fractions in [0, 1); None: the default grid.
+LevelsLike = int | Sequence[float] | np.ndarray | torch.Tensor | None
+_CKPT_FORMAT = "mdm_sched.profile_checkpoint"
+# 2: the stop rule keeps no state of its own (version 1 also stored "planned", equal to the token sums).
+_CKPT_VERSION = 2
+
+
+# ------------------------------------------------------------------------------------------------
+# Levels
+# ------------------------------------------------------------------------------------------------
+
+def default_levels(n_tokens: int, n_levels: int = DEFAULT_N_LEVELS) -> np.ndarray:
+    """About ``n_levels`` visible counts in ``0..n_tokens-1``, denser near both ends (cosine spacing).
+
+    Real CE curves are S-shaped (flat while little is visible, a steep drop, flat again), so both ends
+    need resolution. All counts when ``n_tokens <= n_levels``.
+    """
+    n = check_int(n_tokens, "n_tokens", minimum=1)
+    k = check_int(n_levels, "levels", minimum=2)
+    if n <= k:
+        return np.arange(n, dtype=np.int64)
+    u = np.linspace(0.0, 1.0, k)
+    x = 0.5 * (1.0 - np.cos(np.pi * u))
+    return np.unique(np.rint(x * (n - 1)).astype(np.int64))
+
+
+def _resolve_levels(levels: LevelsLike, n_eff: int) -> np.ndarray:
+    """Sorted unique visible counts in ``0..n_eff-1`` from a count of levels, counts or fractions."""
+    if levels is None:
+        return default_levels(n_eff)
+    if isinstance(levels, (int, np.integer)) and not isinstance(levels, bool):
+        if levels < 2:
+            raise ValueError(f"levels={levels}: ask for at least 2 levels")
+        return default_levels(n_eff, int(levels))
+    arr = np.asarray(levels.tolist() if isinstance(levels, torch.Tensor) else list(levels), dtype=np.float64)
+    if arr.ndim != 1 or arr.size == 0 or not np.all(np.isfinite(arr)):
+        raise ValueError("levels must be an int (how many) or a non-empty list of visible counts / fractions")
+    if np.all(np.equal(np.mod(arr, 1), 0)) and (arr.max() >= 1 or (arr.size == 1 and arr[0] == 0)):
+        out = arr.astype(np.int64)
+    elif arr.min() >= 0 and arr.max() < 1:
+        out = np.rint(arr * n_eff).astype(np.int64)  # fractions of the generated length
+    else:
+        raise ValueError("levels must be visible counts (ints in 0..n_tokens-1) or visible fractions in [0, 1)")
+    if out.min() < 0 or out.max() >= n_eff:
+        raise ValueError(f"levels must lie in 0..{n_eff - 1} (visible counts among the {n_eff} scored positions), "
+                         f"got {out.min()}..{out.max()}")
+    return np.unique(out)
+
+
+# ------------------------------------------------------------------------------------------------
+# Held-out data
+# ------------------------------------------------------------------------------------------------
+
+def _token_sequences(mlm: MaskedLM, data: DataLike, text_column: str | None) -> tuple[list[list[int]], str]:
+    """Token-id sequences of ``data`` and a short description of it."""
+    desc = None
+    if isinstance(data, (str, os.PathLike)):
+        desc = str(data)
+        data = _data.load_source(str(data), text_column=text_column)
+        text_column = None
+    if isinstance(data, torch.Tensor):
+        if data.ndim != 2 or data.is_floating_point():
+            raise TypeError(f"data as a tensor must be a 2-D integer tensor [examples, length], got {data.dtype} "
+                            f"{tuple(data.shape)}")
+        data = list(data)
+
+    def no_tokenizer(texts: list[str]) -> list[list[int]]:
+        raise ValueError("data holds text but the model has no tokenizer: wrap(model, tokenizer=...) or pass "
+                         "token ids (an iterable of id sequences, or a dataset with an input_ids column)")
+
+    encode: Callable[[list[str]], list[list[int]]] = mlm.encode if mlm.tokenizer is not None else no_tokenizer
+    seqs = _data.token_sequences(data, encode, text_column=text_column)
+    if desc is None:
+        name = type(data).__name__
+        info = getattr(data, "info", None)
+        ds_name = getattr(info, "dataset_name", None) if info is not None else None
+        desc = f"{name}{f' {ds_name}' if ds_name else ''} ({len(seqs)} sequences)"
+    return seqs, desc
+
+
+def _check_tokens(mlm: MaskedLM, x: torch.Tensor) -> None:
+    """Every data token must be one the model can put probability on, or the CE is infinite."""
+    vocab = mlm.vocab_size
+    if int(x.max()) >= vocab:
+        raise ValueError(f"data contain token id {int(x.max())} >= the model's vocabulary size {vocab}: "
+                         "tokenise with the model's own tokenizer")
+    present = torch.zeros(vocab, dtype=torch.bool)
+    present[x.unique()] = True
+    bad = (present & torch.isin(torch.arange(vocab), mlm.suppressed_ids)).nonzero().squeeze(1).tolist()
+    if bad:
+        raise ValueError(f"data contain token ids {bad[:10]} that the model never samples (mask, padding or special "
+                         "tokens): strip them from the data (framing tokens are added by the adapter) or choose "
+                         "n_tokens so that padding is excluded")
+
+
+@dataclass(frozen=True)
+class _Heldout:
+    """The data a run measures on: ids ``[M, prompt_length + n]`` (input order), the generated length
+    ``n``, the scored span ``n_eff`` (block length or ``n``), the levels, and what the length policy did."""
+
+    x: torch.Tensor
+    n: int
+    n_eff: int
+    levels: np.ndarray
+    counts: dict[str, int]
+    description: str
+
+    @cached_property
+    def sha256(self) -> str:
+        """Hash of the ids (in input order): identifies the data in checkpoints and metadata."""
+        return hashlib.sha256(self.x.numpy().astype(np.int64).tobytes() + str(tuple(self.x.shape)).encode()
+                              ).hexdigest()[:16]
+
+
+def _prepare_heldout(mlm: MaskedLM, data: DataLike, *, n_tokens: int | None, prompt_length: int,
+                     block_length: int | None, levels: LevelsLike,
+                     text_column: str | None) -> _Heldout:
+    seqs, desc = _token_sequences(mlm, data, text_column)
+    x, n, counts = _data.fixed_length(seqs, n_tokens, prompt_length, stacklevel=4)
+    if block_length is not None and n % block_length:
+        raise ValueError(f"block_length={block_length} does not divide n_tokens={n}; choose a divisor "
+                         f"(e.g. {math.gcd(n, block_length)}) or set n_tokens to a multiple of it")
+    n_eff = block_length or n
+    if mlm.max_length is not None and x.shape[1] > mlm.max_length:
+        raise ValueError(f"prompt_length + n_tokens = {x.shape[1]} exceeds the model's max_length={mlm.max_length}: "
+                         "pass a smaller n_tokens")
+    _check_tokens(mlm, x)
+    return _Heldout(x, n, n_eff, _resolve_levels(levels, n_eff), counts, desc)
+
+
+# ------------------------------------------------------------------------------------------------
+# The (batch, level) grid and the stop rules
+# ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BatchGrid:
+    """Where batch ``b`` lies in the run's fixed permutation of ``n_rows`` rows (it wraps around: batch ``b``
+    is slice ``b mod ceil(n_rows / batch_size)``), and how many tokens each row scores at each level."""
+
+    n_rows: int
+    batch_size: int
+    scored_per_row: np.ndarray  # [levels]: n_eff - level
+
+    @property
+    def per_pass(self) -> int:
+        """Batches in one pass over the data."""
+        return math.ceil(self.n_rows / self.batch_size)
+
+    def start(self, b: int) -> int:
+        """Position of batch ``b``'s first row in the permutation."""
+        return (b % self.per_pass) * self.batch_size
+
+    def rows(self, b: int) -> int:
+        """Rows in batch ``b`` (the last batch of a pass may be short)."""
+        return min(self.batch_size, self.n_rows - self.start(b))
+
+    def tokens(self, b: int) -> np.ndarray:
+        """Scored tokens batch ``b`` adds to each level it runs ``[levels]``."""
+        return self.rows(b) * self.scored_per_row
+
+
+class StopRule(ABC):
+    """When a level has been measured enough: decides which levels each batch of the next round runs.
+
+    :meth:`active` sees only the sums of finished rounds, so every process (and a resumed run) takes the
+    same decisions. A rule whose decisions depend only on counts (tokens, rows), not on measured values,
+    sets ``plans_ahead``: the rounds after the next can then be planned by replaying :meth:`active` on a
+    dry copy of the sums (:func:`planned_forwards`), which sizes the progress bar exactly.
+    """
+
+    plans_ahead: ClassVar[bool] = False
+    #: Cap on data batches when the caller gives none (None: the rule always ends by itself).
+    default_max_batches: ClassVar[int | None] = None
+
+    @abstractmethod
+    def active(self, acc: Accumulator, grid: BatchGrid, batches: range) -> np.ndarray:
+        """Which levels each of ``batches`` runs: bool ``[len(batches), levels]``, from ``acc`` (finished rounds)."""
+
+    @abstractmethod
+    def fingerprint(self) -> dict[str, int | float | None]:
+        """The rule's arguments, as stored in checkpoints (``tokens_per_level``, ``target_se``)."""
+
+    def metadata(self) -> dict[str, int | float]:
+        """The rule as recorded in the profile's metadata (``"stop"``)."""
+        return {k: v for k, v in self.fingerprint().items() if v is not None}
+
+    def finish(self, acc: Accumulator, levels: np.ndarray, max_batches: int | None) -> None:  # noqa: B027
+        """Called once after the last round (e.g. to warn about levels that did not reach the target)."""
+
+
+class TokensPerLevel(StopRule):
+    """Run a level until it has scored ``tokens`` tokens (decided batch by batch, from counts only)."""
+
+    plans_ahead = True
+
+    def __init__(self, tokens: int) -> None:
+        self.tokens = check_int(tokens, "tokens_per_level", minimum=1)
+
+    def active(self, acc: Accumulator, grid: BatchGrid, batches: range) -> np.ndarray:
+        done = acc.tokens.copy()
+        out = np.zeros((len(batches), done.size), dtype=bool)
+        for k, b in enumerate(batches):
+            out[k] = done < self.tokens
+            done[out[k]] += grid.tokens(b)[out[k]]
+        return out
+
+    def fingerprint(self) -> dict[str, int | float | None]:
+        return {"tokens_per_level": self.tokens, "target_se": None}
+
+
+class TargetSE(StopRule):
+    """Run a level until the Monte Carlo standard error of its mean CE (``mc_se``) is <= ``se`` nats.
+
+    Decided per round from the measured spread, so only the next round can be planned.
+    """
+
+    default_max_batches = DEFAULT_MAX_BATCHES_SE
+
+    def __init__(self, se: float) -> None:
+        self.se = check_float(se, "target_se", minimum=0.0, min_inclusive=False, hint=" (nats)")
+
+    def active(self, acc: Accumulator, grid: BatchGrid, batches: range) -> np.ndarray:
+        need = (acc.rows < 2) | ~(acc.mc_se()[:, 0] <= self.se)
+        return np.broadcast_to(need, (len(batches), need.size)).copy()
+
+    def fingerprint(self) -> dict[str, int | float | None]:
+        return {"tokens_per_level": None, "target_se": self.se}
+
+    def finish(self, acc: Accumulator, levels: np.ndarray, max_batches: int | None) -> None:
+        short = levels[~(acc.mc_se()[:, 0] <= self.se)]
+        if short.size:
+            warnings.warn(f"estimate_profile: {short.size} levels (e.g. visible counts {short[:5].tolist()}) did not "
+                          f"reach target_se={self.se:g} within max_batches={max_batches}; raise max_batches",
+                          UserWarning, stacklevel=4)
+
+
+def stop_rule(tokens_per_level: int | None = None, target_se: float | None = None) -> StopRule:
+    """The rule for ``estimate_profile``'s arguments: ``target_se`` if given, else ``tokens_per_level``
+    (default :data:`DEFAULT_TOKENS_PER_LEVEL`); both is an error."""
+    if tokens_per_level is not None and target_se is not None:
+        raise ValueError("pass either tokens_per_level= or target_se= (the stop criterion), not both")
+    if target_se is not None:
+        return TargetSE(target_se)
+    return TokensPerLevel(DEFAULT_TOKENS_PER_LEVEL if tokens_per_level is None else tokens_per_level)
+
+
+def _rounds(rule: StopRule, acc: Accumulator, grid: BatchGrid, first: int, max_batches: int | None,
+            every: int) -> Iterator[tuple[int, np.ndarray]]:
+    """The rounds from batch ``first``: ``(start, active [batches, levels])`` until the rule runs nothing.
+
+    The caller adds each round's results to ``acc`` before asking for the next.
+    """
+    start = first
+    while max_batches is None or start < max_batches:
+        end = start + every if max_batches is None else min(start + every, max_batches)
+        active = rule.active(acc, grid, range(start, end))
+        if not active.any():
+            return
+        yield start, active
+        start = end
+
+
+def _add_round(acc: Accumulator, grid: BatchGrid, start: int, active: np.ndarray, vals: np.ndarray | None) -> None:
+    """Add a round's per-row values ``[batches, levels, batch_size, 3]`` (None: a dry run, zeros) to ``acc``."""
+    for k in range(active.shape[0]):
+        b = start + k
+        r = grid.rows(b)
+        v = np.zeros((active.shape[1], r, 3)) if vals is None else vals[k, :, :r]
+        acc.add(grid.start(b), active[k], v, grid.scored_per_row)
+
+
+def planned_forwards(rule: StopRule, acc: Accumulator, grid: BatchGrid, first: int, max_batches: int | None,
+                     every: int) -> int:
+    """Forwards the run will do from batch ``first`` on: all of them when ``rule.plans_ahead`` (the rounds
+    replayed on a dry copy of ``acc``), else those of the next round (later ones depend on the results)."""
+    sim = acc.copy() if rule.plans_ahead else acc
+    total = 0
+    for start, active in _rounds(rule, sim, grid, first, max_batches, every):
+        total += int(active.sum())
+        if not rule.plans_ahead:
+            break
+        _add_round(sim, grid, start, active, None)
+    return total
+
+
+# ------------------------------------------------------------------------------------------------
+# One forward pass: (batch b, level i) -> per-row values
+# ------------------------------------------------------------------------------------------------
+
+def _mask_seed(seed: int, batch: int, level: int) -> int:
+    """A 63-bit seed for the masks of (batch, level): independent of everything else in the run."""
+    return int(np.random.SeedSequence([seed, batch, level]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def _perm_seed(seed: int) -> int:
+    """Seed of the data permutation (tagged, so it never coincides with a mask seed)."""
+    return int(np.random.SeedSequence([seed, 0x5EED]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def _masks(r: int, n: int, level: int, *, n_eff: int, prompt_length: int, block_length: int | None,
+           gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scored, masked)`` ``[r, prompt_length + n]``: exactly ``level`` of the ``n_eff`` positions visible."""
+    ranks = torch.rand(r, n_eff, generator=gen).argsort(1).argsort(1)  # the `level` smallest of iid uniforms
+    scored_local = ranks >= level
+    if block_length is None:
+        scored = masked = scored_local
+    else:
+        # a uniformly chosen block per row: earlier blocks visible, later blocks masked (not scored)
+        blk = torch.randint(n // block_length, (r,), generator=gen)
+        cols = blk.unsqueeze(1) * block_length + torch.arange(block_length)
+        scored = torch.zeros(r, n, dtype=torch.bool).scatter_(1, cols, scored_local)
+        later = torch.arange(n).unsqueeze(0) >= ((blk + 1) * block_length).unsqueeze(1)
+        masked = scored | later
+    if prompt_length:
+        pad = torch.zeros(r, prompt_length, dtype=torch.bool)
+        scored, masked = torch.cat([pad, scored], 1), torch.cat([pad, masked], 1)
+    return scored, masked
+
+
+def _forward_rows(mlm: MaskedLM, x: torch.Tensor, level: int, *, n_eff: int, prompt_length: int,
+                  block_length: int | None, seed: int, batch: int) -> torch.Tensor:
+    """Per-row mean CE, predictive entropy and top-1 accuracy ``[R, 3]`` (float64) for one forward at
+    visible count ``level`` on rows ``x`` ``[R, prompt_length + N]``."""
+    r, width = x.shape
+    gen = torch.Generator().manual_seed(_mask_seed(seed, batch, level))
+    scored, masked = _masks(r, width - prompt_length, level, n_eff=n_eff, prompt_length=prompt_length,
+                            block_length=block_length, gen=gen)
+    logits = mlm.logits(x.masked_fill(masked, mlm.mask_token_id), None, positions=scored)
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    true = x[scored].to(logp.device)
+    ce = -logp.gather(1, true.unsqueeze(1)).squeeze(1)
+    if not bool(torch.isfinite(ce).all()):
+        raise ValueError("a data token got probability 0 under the model (infinite cross-entropy): the data contain "
+                         "tokens the adapter suppresses; strip special tokens from the data")
+    ent = torch.special.entr(logp.exp()).sum(-1)
+    acc = (logits.argmax(-1) == true)
+    m = n_eff - level  # every row scores exactly m tokens, so row means are a reshape away
+    vals = torch.stack([ce.double(), ent.double(), acc.double()], dim=1).view(r, m, 3).mean(1)
+    return vals.cpu()
+
+
+# ------------------------------------------------------------------------------------------------
+# Sums
+# ------------------------------------------------------------------------------------------------
+
+class Accumulator:
+    """Running sums per level, and per (level, sequence) for standard errors clustered by sequence.
+
+    Sequences are indexed by their position in the run's fixed permutation; only the prefix that has
+    been used is stored, so a huge data set costs memory only for the rows actually processed.
+    """
+
+    def __init__(self, n_levels: int) -> None:
+        self.count = np.zeros((n_levels, 0))       # rows per (level, sequence)
+        self.sums = np.zeros((n_levels, 0, 3))     # sums of row means (ce, entropy, accuracy)
+        self.sq = np.zeros((n_levels, 3))          # sums of squared row means per level
+        self.tokens = np.zeros(n_levels)
+
+    def copy(self) -> Accumulator:
+        return Accumulator.from_arrays({k: v.copy() for k, v in self.to_arrays().items()}, self.tokens.size)
+
+    def _grow(self, k: int) -> None:
+        if k > self.count.shape[1]:
+            extra = k - self.count.shape[1]
+            self.count = np.pad(self.count, ((0, 0), (0, extra)))
+            self.sums = np.pad(self.sums, ((0, 0), (0, extra), (0, 0)))
+
+    def add(self, start: int, active: np.ndarray, vals: np.ndarray, scored: np.ndarray) -> None:
+        """Rows at sequence positions ``start..start+R-1``; ``vals`` ``[L, R, 3]``; ``active`` ``[L]``."""
+        r = vals.shape[1]
+        self._grow(start + r)
+        a = active.astype(np.float64)
+        self.count[:, start:start + r] += a[:, None]
+        self.sums[:, start:start + r] += vals * a[:, None, None]
+        self.sq += (vals ** 2).sum(1) * a[:, None]
+        self.tokens += a * r * scored
+
+    @property
+    def rows(self) -> np.ndarray:
+        return self.count.sum(1)
+
+    def mean(self) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self.sums.sum(1) / self.rows[:, None]
+
+    def mc_se(self) -> np.ndarray:
+        """Row standard error ``[L, 3]`` (Monte Carlo error of the masks; ignores reuse of sequences)."""
+        rows = self.rows[:, None]
+        mean = self.mean()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            var = (self.sq - rows * mean ** 2) / (rows - 1)
+            se = np.sqrt(np.clip(var, 0.0, None) / rows)
+        return np.where(rows > 1, se, np.nan)
+
+    def cluster_se(self) -> np.ndarray:
+        """Standard error ``[L, 3]`` with rows clustered by sequence: includes the finite-data error when
+        sequences are reused over several passes (equals :meth:`mc_se` up to ``C/(C-1)`` when none is)."""
+        rows = self.rows[:, None]
+        mean = self.mean()
+        clusters = (self.count > 0).sum(1)[:, None].astype(np.float64)
+        resid = self.sums - self.count[..., None] * mean[:, None, :]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            var = clusters / (clusters - 1) * (resid ** 2).sum(1) / rows ** 2
+        return np.where(clusters > 1, np.sqrt(np.clip(var, 0.0, None)), np.nan)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"count": self.count, "sums": self.sums, "sq": self.sq, "tokens": self.tokens}
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], n_levels: int) -> Accumulator:
+        acc = cls(n_levels)
+        count, sums, sq, tokens = (np.asarray(arrays[k], dtype=np.float64) for k in ("count", "sums", "sq", "tokens"))
+        if (count.ndim != 2 or count.shape[0] != n_levels or sums.shape != count.shape + (3,)
+                or sq.shape != (n_levels, 3) or tokens.shape != (n_levels,)):
+            raise ValueError("array shapes do not match the levels")
+        acc.count, acc.sums, acc.sq, acc.tokens = count, sums, sq, tokens
+        return acc
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoint
+# ------------------------------------------------------------------------------------------------
+
+@dataclass
+class _Progress:
+    """What a checkpoint restores: the sums, the next batch to run and the forwards done so far."""
+
+    acc: Accumulator
+    next_batch: int = 0
+    forwards: int = 0
+
+
+def _save_checkpoint(path: Path, fingerprint: dict[str, Any], progress: _Progress) -> None:
+    """Binary .npz (exact float64 sums), written atomically; the fingerprint travels as JSON text."""
+    header = json.dumps({"format": _CKPT_FORMAT, "version": _CKPT_VERSION, "fingerprint": fingerprint,
+                         "next_batch": progress.next_batch, "forwards": progress.forwards})
+    buf = io.BytesIO()
+    np.savez(buf, header=np.array(header), **progress.acc.to_arrays())
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _load_checkpoint(path: Path, fingerprint: dict[str, Any], n_levels: int) -> _Progress | None:
+    """The progress saved in ``path`` (None if there is no file); refuses other arguments or corrupted files."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        header = json.loads(str(arrays.pop("header")))
+    except Exception as exc:  # zip/npz/json errors of many kinds: all mean "not a usable checkpoint"
+        raise ValueError(f"checkpoint {path} is corrupted or not an mdm_sched profile checkpoint ({exc}); "
+                         "delete it to start over or pass another checkpoint= path") from exc
+    try:
+        header = check_format(header, fmt=_CKPT_FORMAT, version=_CKPT_VERSION, what="profile checkpoint")
+    except ValueError as exc:
+        raise ValueError(f"checkpoint {path}: {exc}; pass another checkpoint= path") from exc
+    old = header.get("fingerprint") or {}
+    diff = [f"{k}: {old.get(k)!r} (checkpoint) != {fingerprint.get(k)!r} (now)"
+            for k in sorted(set(old) | set(fingerprint)) if old.get(k) != fingerprint.get(k)]
+    if diff:
+        raise ValueError(f"checkpoint {path} was made with different arguments ({'; '.join(diff)}); rerun with the "
+                         "same arguments to resume, or delete the file / pass another checkpoint= path to start over")
+    try:  # a version-1 file also holds "planned": the token sums again, not needed
+        return _Progress(Accumulator.from_arrays(arrays, n_levels), int(header["next_batch"]),
+                         int(header.get("forwards", 0)))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"checkpoint {path} is corrupted ({exc}); delete it to start over") from exc
+
+
+# ------------------------------------------------------------------------------------------------
+# The run: rounds of forwards over the (batch, level) grid
+# ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Settings:
+    """Validated ``estimate_profile`` arguments that shape the run."""
+
+    batch_size: int
+    prompt_length: int
+    block_length: int | None
+    seed: int
+    checkpoint_every: int
+    max_batches: int | None
+    n_tokens: int | None
+
+
+@dataclass(frozen=True)
+class _Run:
+    """Everything fixed during a run: the model, the permuted rows, the grid, the rule and the processes."""
+
+    mlm: MaskedLM
+    x: torch.Tensor  # rows in the run's permutation
+    heldout: _Heldout
+    grid: BatchGrid
+    rule: StopRule
+    settings: _Settings
+    dist: DistContext
+
+    def forward_round(self, start: int, active: np.ndarray, on_forward: Callable[[], None]) -> np.ndarray:
+        """Values ``[batches, levels, batch_size, 3]`` of the round's active (batch, level) pairs, summed over
+        the processes (each pair runs on one process, round-robin, so the sum is exact)."""
+        s, lv = self.settings, self.heldout.levels
+        vals = torch.zeros(*active.shape, s.batch_size, 3, dtype=torch.float64)
+        for k, (bi, li) in enumerate(zip(*np.nonzero(active))):
+            if k % self.dist.world != self.dist.rank:
+                continue
+            b = start + int(bi)
+            rows = self.x[self.grid.start(b):self.grid.start(b) + self.grid.rows(b)]
+            vals[bi, li, :len(rows)] = _forward_rows(self.mlm, rows, int(lv[li]), n_eff=self.heldout.n_eff,
+                                                     prompt_length=s.prompt_length, block_length=s.block_length,
+                                                     seed=s.seed, batch=b)
+            on_forward()
+        return self.dist.all_reduce_sum(vals).numpy()
+
+    def planned(self, progress: _Progress) -> int:
+        """Forwards done plus those the stop rule commits to now (the progress bar's total)."""
+        return progress.forwards + planned_forwards(self.rule, progress.acc, self.grid, progress.next_batch,
+                                                    self.settings.max_batches, self.settings.checkpoint_every)
+
+
+def _run_rounds(run: _Run, progress: _Progress, checkpoint: Path | None, show: bool) -> None:
+    """Run rounds until the stop rule ends (or ``max_batches``), checkpointing after each."""
+    bar = None
+    if show and run.dist.is_main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=run.planned(progress), initial=progress.forwards, unit="fwd", desc="profile",
+                   dynamic_ncols=True)
+    on_forward = (lambda: bar.update(run.dist.world)) if bar is not None else (lambda: None)
+    s = run.settings
+    try:
+        for start, active in _rounds(run.rule, progress.acc, run.grid, progress.next_batch, s.max_batches,
+                                     s.checkpoint_every):
+            vals = run.forward_round(start, active, on_forward)
+            _add_round(progress.acc, run.grid, start, active, vals)
+            progress.forwards += int(active.sum())
+            progress.next_batch = start + active.shape[0]
+            if checkpoint is not None and run.dist.is_main:
+                _save_checkpoint(checkpoint, _fingerprint(run), progress)
+            if bar is not None:
+                if not run.rule.plans_ahead:  # the total grows by each next round's forwards
+                    bar.total = run.planned(progress)
+                bar.n = progress.forwards
+                bar.refresh()
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _fingerprint(run: _Run) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed."""
+    s, h = run.settings, run.heldout
+    return {"model": run.mlm.name_or_path, "config_hash": run.mlm.config_hash, "data_sha256": h.sha256,
+            "n_tokens": h.n, "prompt_length": s.prompt_length, "block_length": s.block_length,
+            "levels": h.levels.tolist(), "batch_size": s.batch_size, **run.rule.fingerprint(), "seed": s.seed,
+            "checkpoint_every": s.checkpoint_every, "max_batches": s.max_batches}
+
+
+# ------------------------------------------------------------------------------------------------
+# estimate_profile
+# ------------------------------------------------------------------------------------------------
+
+def _library_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _metadata(run: _Run, progress: _Progress, mc: np.ndarray, data_description: str | None) -> dict[str, Any]:
+    mlm, h, s = run.mlm, run.heldout, run.settings
+    config = getattr(mlm.model, "config", None)
+    return {"model": mlm.name_or_path or type(mlm.model).__name__, "model_class": type(mlm.model).__name__,
+            "family": mlm.family, "revision": getattr(config, "_commit_hash", None), "config_hash": mlm.config_hash,
+            "data": data_description or h.description, "data_sha256": h.sha256,
+            "sequences": h.counts["kept"], "sequences_dropped": h.counts["dropped"],
+            "sequences_cropped": h.counts["cropped"], "sequence_tokens": h.n, "prompt_length": s.prompt_length,
+            "prompt_handling": "the first prompt_length tokens of each sequence are always visible and never scored",
+            "block_length": s.block_length, "lengths": [h.n_eff], "batch_size": s.batch_size,
+            "stop": run.rule.metadata(), "seed": s.seed, "forwards": progress.forwards, "processes": run.dist.world,
+            "dtype": str(mlm.dtype).replace("torch.", ""),
+            "mc_se": [float(v) if math.isfinite(v) else None for v in mc[:, 0].tolist()],
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "library_version": _library_version()}
+
+
+def _profile(run: _Run, progress: _Progress, data_description: str | None) -> InformationProfile:
+    """The profile of a finished run (every level must have had a forward)."""
+    acc, lv = progress.acc, run.heldout.levels
+    rows = acc.rows
+    if (rows == 0).any():
+        raise ValueError(f"levels {lv[rows == 0].tolist()[:10]} got no forward pass (max_batches="
+                         f"{run.settings.max_batches} too small); raise max_batches")
+    run.rule.finish(acc, lv, run.settings.max_batches)
+    mean, se, mc = acc.mean(), acc.cluster_se(), acc.mc_se()
+    return InformationProfile(lv, mean[:, 0], se[:, 0], n_tokens=run.heldout.n_eff, entropy=mean[:, 1],
+                              entropy_se=se[:, 1], accuracy=mean[:, 2], tokens=acc.tokens.astype(np.int64),
+                              rows=rows.astype(np.int64), metadata=_metadata(run, progress, mc, data_description))
+
+
+def _settings(rule: StopRule, *, batch_size: int, prompt_length: int, block_length: int | None, seed: int,
+              checkpoint_every: int, max_batches: int | None, n_tokens: int | None) -> _Settings:
+    return _Settings(batch_size=check_int(batch_size, "batch_size", minimum=1),
+                     prompt_length=check_int(prompt_length, "prompt_length", minimum=0),
+                     block_length=check_optional_int(block_length, "block_length", minimum=1),
+                     seed=check_int(seed, "seed", minimum=0),
+                     checkpoint_every=check_int(checkpoint_every, "checkpoint_every", minimum=1),
+                     max_batches=check_optional_int(rule.default_max_batches if max_batches is None else max_batches,
+                                                    "max_batches", minimum=1),
+                     n_tokens=check_optional_int(n_tokens, "n_tokens", minimum=1))
+
+
+def estimate_profile(model: ModelLike, data: DataLike, *, n_tokens: int | None = None,
+                     levels: LevelsLike = None,
+                     batch_size: int = 16, tokens_per_level: int | None = None, target_se: float | None = None,
+                     prompt_length: int = 0, block_length: int | None = None, text_column: str | None = None,
+                     seed: int = 0, progress: bool = True, checkpoint: PathLike | None = None,
+                     checkpoint_every: int = 8, max_batches: int | None = None,
+                     accelerator: AcceleratorLike | None = None, mask_token_id: int | None = None,
+                     data_description: str | None = None) -> InformationProfile:
+    """Measure the masked-token cross-entropy profile of ``model`` on held-out ``data``.
+
+    Args:
+        model: a :class:`~mdm_sched.MaskedLM` or anything :func:`mdm_sched.wrap` accepts (HF masked LM,
+            LLaDA/Dream-style model, an oracle, any module returning ``.logits`` with ``mask_token_id=``).
+        data: a ``datasets.Dataset``/``IterableDataset`` (``input_ids`` column, or a text column
+            tokenised with the model's tokenizer), an iterable of token-id sequences or of strings, a 2-D
+            LongTensor, or a source spec string for :func:`mdm_sched.data.load_source`
+            (e.g. ``"antibody-germlines:human:H:test"``, a file path).
+        n_tokens: generated length ``N`` to profile; ``None`` = most common length
+            (:func:`mdm_sched.data.fixed_length` states the length policy).
+        levels: number of levels (default 48, denser near both ends), or explicit visible counts
+            (ints) or visible fractions (floats in [0, 1)).
+        batch_size: rows per forward pass; one forward per (batch, level).
+        tokens_per_level: stop a level after this many scored tokens (default 4096).
+        target_se: instead, stop a level once the Monte Carlo standard error of its mean CE
+            (``mc_se``: the error more forward passes reduce) is <= this many nats.
+        prompt_length: the first ``prompt_length`` tokens of each sequence are a prompt: always visible,
+            never scored (measure on data formatted as in deployment).
+        block_length: profile within blocks of this length (earlier blocks visible, later ones masked),
+            for semi-autoregressive generation; the profile's ``n_tokens`` is then the block length.
+        text_column: the text column of a dataset.
+        seed: seed of the data order and of every mask.
+        progress: show a tqdm progress bar (process 0 only).
+        checkpoint: ``.npz`` file of partial sums; an existing one made with the same arguments is
+            resumed, one made with other arguments is refused.
+        checkpoint_every: batches per round (stop decisions and checkpoint writes happen between rounds).
+        max_batches: cap on data batches (default: none with ``tokens_per_level``; 1000 with ``target_se``).
+        accelerator: an ``accelerate.Accelerator``/``PartialState`` whose processes share the work. Without
+            one, an initialised ``torch.distributed`` group is used; ``WORLD_SIZE > 1`` with neither is a
+            ValueError (see :mod:`mdm_sched.distributed`).
+        mask_token_id: for bare modules without a known mask id.
+        data_description: how to describe the data in the metadata (default: derived).
+
+    Returns:
+        An :class:`InformationProfile` (identical on every process). Its ``se`` clusters rows by
+        sequence, so it includes the error of having finitely many held-out sequences.
+    """
+    from .models import wrap
+
+    mlm = wrap(model, mask_token_id=mask_token_id)
+    rule = stop_rule(tokens_per_level, target_se)
+    s = _settings(rule, batch_size=batch_size, prompt_length=prompt_length, block_length=block_length, seed=seed,
+                  checkpoint_every=checkpoint_every, max_batches=max_batches, n_tokens=n_tokens)
+    dist = DistContext.resolve(accelerator)
+    h = _prepare_heldout(mlm, data, n_tokens=s.n_tokens, prompt_length=s.prompt_length, block_length=s.block_length,
+                         levels=levels, text_column=text_column)
+    # One seeded permutation of the data; batch b takes its slice (b mod batches per pass). Any prefix
+    # of batches is then a random subset, whatever order the data came in.
+    perm = torch.randperm(h.x.shape[0], generator=torch.Generator().manual_seed(_perm_seed(s.seed)))
+    run = _Run(mlm, h.x[perm], h, BatchGrid(h.x.shape[0], s.batch_size, h.n_eff - h.levels), rule, s, dist)
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    state = (_load_checkpoint(ckpt, _fingerprint(run), h.levels.size) if ckpt is not None else None) \
+        or _Progress(Accumulator(h.levels.size))
+    _run_rounds(run, state, ckpt, progress)
+    return _profile(run, state, data_description)
