@@ -20,9 +20,10 @@ model_args (``key=value``; lm-eval adds ``batch_size`` and ``device``):
   ``schedule``, ``steps`` = calls **per block** (LLaDA's ``steps`` is the total: ``steps * gen_length /
   block_length``), ``profile``, ``order`` (default ``confidence``), ``temperature`` (default 0), ``top_k``,
   ``top_p``, ``stop_at_eos``, ``cfg_scale`` (alias ``cfg``) ...). ``schedule=threshold,threshold=0.9``,
-  ``schedule=entropy_bound,gamma=...`` and ``schedule=factor,factor=...`` (each with optional ``max_calls``) pick
-  an adaptive rule. A request's ``until`` become ``stop_strings`` and cut the text; ``max_gen_toks`` caps
-  ``gen_length``; its ``temperature`` / ``do_sample`` / ``top_p`` / ``top_k`` override the model_args' ones.
+  ``schedule=entropy_bound,gamma=...`` and ``schedule=factor,factor=...`` (each with optional ``max_calls``), or
+  the library's one-word text forms (``schedule=threshold:0.9``), pick an adaptive rule. A request's ``until``
+  become ``stop_strings`` and cut the text; ``max_gen_toks`` caps ``gen_length``; its ``temperature`` /
+  ``do_sample`` / ``top_p`` / ``top_k`` override the model_args' ones.
 * likelihood (:mod:`mdm_sched.likelihood`): ``mc_num`` (LLaDA's Monte Carlo samples, default 128),
   ``mc_batch_size`` (rows per forward, default 32), ``exact_max_calls`` (enumerate all orders when
   ``2^L - 1 <=`` this; default ``mc_num``), ``is_check_greedy`` (default True).
@@ -102,10 +103,10 @@ def generation_settings(model_args: dict[str, Any]) -> dict[str, Any]:
     if "cfg" in settings:
         settings["cfg_scale"] = settings.pop("cfg")
     settings["schedule"] = _rule_or_schedule(settings)
-    if isinstance(settings.get("profile"), (str, os.PathLike)):
+    if isinstance(settings.get("profile"), (str, os.PathLike)):  # a file, a folder or a Hub id: load it once
         from .profile import InformationProfile
 
-        settings["profile"] = InformationProfile.load(settings["profile"])
+        settings["profile"] = InformationProfile.from_pretrained(settings["profile"])
     unknown = sorted(set(settings) - set(_GEN_FIELDS))
     if unknown:
         raise ValueError(f"unknown model_args {', '.join(unknown)} for model {MODEL_NAME!r}; generation settings are "

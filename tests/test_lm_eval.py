@@ -322,6 +322,9 @@ def test_adaptive_rules_and_profiles_from_model_args(tiny_lm, tmp_path):
     lm.generate_until([_request("Q: two A:", until=["zz"])])
     assert 1 <= lm.call_records["generate_until"][0]["calls"] <= 4
     assert isinstance(mle.generation_settings({"schedule": "entropy_bound", "gamma": 0.1})["schedule"], EntropyBound)
+    text_form = mle.MDMSchedLM(pretrained=tiny_lm, gen_length=6, schedule="threshold:0.8")  # the library's text form
+    text_form.generate_until([_request("Q: two A:", until=["zz"])])
+    assert 1 <= text_form.call_records["generate_until"][0]["calls"] <= 6
     n = 6
     profile = ms.InformationProfile(list(range(n)), [2.0 - 0.3 * i for i in range(n)], [0.01] * n, n_tokens=n)
     profile.save(tmp_path / "p.json")
