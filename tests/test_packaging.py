@@ -55,10 +55,10 @@ def test_dependencies_are_what_the_package_imports():
     core = _names(project["dependencies"])
     extras = {name: _names(reqs) for name, reqs in project["optional-dependencies"].items()}
     imported = {_DIST.get(m, m).lower() for m in _third_party_imports()}
-    optional = {"diffusers"}  # imported only by an optional module, declared as an extra
+    optional = {"diffusers", "lm_eval"}  # imported only by optional modules, each declared as an extra
     assert imported - optional <= core, f"imported but not declared: {sorted(imported - optional - core)}"
     assert core <= imported, f"declared but never imported: {sorted(core - imported)}"
-    assert optional <= extras["diffusers"] and "diffusers" not in core
+    assert "diffusers" in extras["diffusers"] and "lm_eval" in extras["lm-eval"] and not optional & core
 
 
 def test_one_version_source_licence_and_type_marker():
