@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from . import assets
+from .compat import dtype_kwargs
 from .families import FAMILIES, LLADA_MASK_TOKEN_ID, Family, detect_family, family_of, get_family
 from .heads import PositionsHead, output_embeddings
 from .layout import Layout, ModelInputs, max_content_length
@@ -513,8 +514,8 @@ def load_masked_lm(name_or_path: str | os.PathLike, *, trust_remote_code: bool =
         dtype = getattr(torch, dtype)
     config = _load_config(path, name, trust_remote_code)
     spec = _loading_family(name, config, family, meta, trust_remote_code)
-    load_kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "dtype": dtype or torch.float32}
-    model = _auto_class(spec).from_pretrained(path, **load_kwargs)
+    model = _auto_class(spec).from_pretrained(path, trust_remote_code=trust_remote_code,
+                                              **dtype_kwargs(dtype or torch.float32))
     if device is not None:
         model = model.to(device)
     model.eval()
