@@ -245,7 +245,7 @@ class MaskedLM:
             if not self._pass_attention_mask:
                 raise ValueError(f"{type(self.model).__name__}.forward takes no attention_mask, so rows of different "
                                  "lengths cannot be batched: pass prompts of equal length (or batch them separately)")
-            kwargs["attention_mask"] = attention_mask.long()
+            kwargs["attention_mask"] = self.layout.forward_mask(attention_mask)
         if position_ids is not None:
             kwargs["position_ids"] = position_ids
         return _extract_logits(self.model(input_ids, **kwargs))
