@@ -11,6 +11,9 @@ Differences handled:
   takes ``torch_dtype=`` but warns that it is deprecated). Use :func:`dtype_kwargs`.
 - ``apply_chat_template``'s ``return_dict`` defaults to ``False`` in 4.x and ``True`` in 5.x; the
   library always passes it explicitly (:mod:`mdm_sched.text`), so the default never matters.
+- A tokenizer without a chat template: before 4.43 ``apply_chat_template`` silently falls back to a
+  class-wide default template (ChatML or the model class's own), from 4.43 on it raises. The library
+  uses only the tokenizer's own template (:func:`own_chat_template`) and says so when there is none.
 """
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["MIN_TRANSFORMERS", "transformers_version", "at_least", "dtype_kwargs", "DTYPE_KEYWORD_SINCE"]
+__all__ = ["MIN_TRANSFORMERS", "transformers_version", "at_least", "dtype_kwargs", "DTYPE_KEYWORD_SINCE",
+           "own_chat_template"]
 
 #: The oldest release the library is tested with (LLaDA's pin).
 MIN_TRANSFORMERS = (4, 38, 2)
@@ -56,3 +60,13 @@ def dtype_kwargs(dtype: torch.dtype | str | None) -> dict[str, Any]:
     if dtype is None:
         return {}
     return {"dtype" if at_least(DTYPE_KEYWORD_SINCE) else "torch_dtype": dtype}
+
+
+def own_chat_template(tokenizer: Any) -> str | dict | None:
+    """The chat template the tokenizer itself carries (``None`` when it has none).
+
+    Never the class-wide default that releases before 4.43 fall back to: a model's chat format is the
+    one it was trained with, not a guess.
+    """
+    template = getattr(tokenizer, "chat_template", None)
+    return template or None

@@ -45,7 +45,7 @@ from .compat import dtype_kwargs
 from .families import FAMILIES, LLADA_MASK_TOKEN_ID, Family, detect_family, family_of, get_family
 from .heads import PositionsHead, output_embeddings
 from .layout import Layout, ModelInputs, max_content_length
-from .text import TextCodec
+from .text import Conversation, TextCodec
 from .tokens import Framing, TokenPolicy, config_value, first_int
 
 __all__ = ["MaskedLM", "wrap", "load_masked_lm", "detect_family", "FAMILIES", "LLADA_MASK_TOKEN_ID"]
@@ -136,7 +136,7 @@ class MaskedLM:
         if spec.framing and framing is None and self.tokens.framing == (None, None):
             warnings.warn(f"{type(model).__name__}: no CLS/SEP (BOS/EOS) framing tokens known; the model will see "
                           "unframed content. Pass tokenizer=... or framing=(cls_id, sep_id)", stacklevel=3)
-        self.text = TextCodec(tokenizer, residue_separator, self.tokens.pad_token_id)
+        self.text = TextCodec(tokenizer, residue_separator, self.tokens.pad_token_id, spec.chat_tokenization)
         self._pass_attention_mask = _accepts(model.forward, "attention_mask")
         self.layout = Layout(spec, self.tokens.framing, self.tokens.pad_token_id, _accepts(model.forward, "position_ids"))
         self.max_length: int | None = max_content_length(model, self.layout.n_framing, max_length)
@@ -219,6 +219,11 @@ class MaskedLM:
     def encode(self, texts: str | Sequence[str]) -> list[list[int]]:
         """Content token ids (no framing tokens) of each text; the mask token's string marks masked positions."""
         return self.text.encode(texts)
+
+    def encode_chat(self, messages: Conversation | Sequence[Conversation]) -> list[list[int]]:
+        """Prompt ids of chat conversations (one, or a list of them) through the tokenizer's chat template,
+        ending with the assistant's generation prompt, special tokens as the family expects (BOS for LLaDA)."""
+        return self.text.encode_chat(messages)
 
     def decode(self, ids: torch.Tensor | Sequence[Sequence[int]]) -> list[str]:
         """Texts of rows of token ids; padding, framing and other special tokens are dropped.
