@@ -32,6 +32,12 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default=None, help="profile JSON for --schedule optimal/sqrt")
     parser.add_argument("--num-samples", type=int, default=8)
     parser.add_argument("--prompt", action="append", default=None, help="prompt text (repeatable)")
+    parser.add_argument("--chat", action="store_true",
+                        help="instruct models: send each --prompt as one user message through the tokenizer's chat "
+                             "template (special tokens as the model family expects) and print only the replies")
+    parser.add_argument("--system", default=None, help="with --chat: a system message before each prompt")
+    parser.add_argument("--stop-at-eos", action="store_true",
+                        help="a row is finished at its first EOS (the rest is filled with EOS)")
     parser.add_argument("--order", default="random", choices=["random", "confidence", "margin", "entropy"])
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-k", type=int, default=None)
@@ -42,6 +48,18 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default=None, choices=[None, "float32", "bfloat16", "float16"])
     parser.add_argument("--trust-remote-code", action="store_true")
     parser.add_argument("--out", default=None, help="write the samples as JSON lines here (atomically)")
+
+
+def _chat_messages(args: argparse.Namespace) -> list[list[dict[str, str]]] | None:
+    """One conversation per --prompt for --chat (with --system first), else None."""
+    if not args.chat:
+        if args.system is not None:
+            raise SystemExit("--system is only used with --chat")
+        return None
+    if not args.prompt:
+        raise SystemExit("--chat needs at least one --prompt (each becomes one user message)")
+    system = [{"role": "system", "content": args.system}] if args.system is not None else []
+    return [[*system, {"role": "user", "content": p}] for p in args.prompt]
 
 
 def generate_command(args: argparse.Namespace) -> int:
@@ -57,12 +75,19 @@ def generate_command(args: argparse.Namespace) -> int:
     schedule = ms.Schedule.load(args.schedule) if os.path.isfile(args.schedule) else args.schedule
     if schedule in schedules.NEED_PROFILE and not args.profile:
         raise SystemExit(f"--schedule {schedule} needs --profile PROFILE.json (make one with `mdm-sched profile`)")
+    messages = _chat_messages(args)
     generator = torch.Generator().manual_seed(args.seed)
-    out = ms.generate(model, prompts=args.prompt, gen_length=args.gen_length, schedule=schedule, steps=steps,
-                      profile=args.profile, num_samples=None if args.prompt else args.num_samples, order=args.order,
-                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                      block_length=args.block_length, generator=generator, progress=True)
-    texts = out.texts if out.texts is not None else [" ".join(map(str, row)) for row in out.generated.tolist()]
+    out = ms.generate(model, prompts=None if messages else args.prompt, messages=messages, gen_length=args.gen_length,
+                      schedule=schedule, steps=steps, profile=args.profile,
+                      num_samples=None if args.prompt else args.num_samples, order=args.order,
+                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, block_length=args.block_length,
+                      stop_at_eos=args.stop_at_eos, generator=generator, progress=True)
+    if messages:  # chat needs a tokenizer: print the replies, not the templated prompts
+        texts = model.decode(out.generated)
+    elif out.texts is not None:
+        texts = out.texts
+    else:
+        texts = [" ".join(map(str, row)) for row in out.generated.tolist()]
     print(f"# {len(texts)} samples, {out.nfe} model calls, schedule {schedule}", file=sys.stderr)
     if args.out:
         atomic_write_text(args.out, "".join(json.dumps({"text": t}) + "\n" for t in texts))
