@@ -282,8 +282,10 @@ def _prepare_antiberty(sources: dict[str, Path], out: Path) -> dict:
     import torch
     from transformers import BertForMaskedLM, BertTokenizer
 
+    from .compat import dtype_kwargs
+
     with _quiet_transformers():
-        model = BertForMaskedLM.from_pretrained(str(sources["weights_dir"]), dtype=torch.float32)
+        model = BertForMaskedLM.from_pretrained(str(sources["weights_dir"]), **dtype_kwargs(torch.float32))
     # Guard against a silent untying problem: the MLM decoder must equal the checkpoint's decoder.
     state = torch.load(sources["weights"], map_location="cpu", weights_only=True)
     expected = state["cls.predictions.decoder.weight"]

@@ -65,6 +65,10 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--model", required=True, help="path, Hub id or built-in name (antiberty, sapiens-vh, sapiens-vl)")
     run.add_argument("--prompt", action="append", default=None,
                      help="prompt text (repeatable; --num-samples then means samples per prompt)")
+    run.add_argument("--chat", action="store_true",
+                     help="instruct models: send each --prompt as one user message through the tokenizer's chat "
+                          "template (special tokens as the model family expects) and print only the replies")
+    run.add_argument("--system", default=None, help="with --chat: a system message before each prompt")
     run.add_argument("--config", default=None, metavar="PATH_OR_HUB_ID",
                      help="a saved generation config (mdm_generation_config.json, its folder or a Hub id); "
                           "the flags below override its fields")
@@ -108,6 +112,18 @@ def _schedule_names() -> tuple[str, ...]:
     return BUILDERS
 
 
+def _chat_messages(args: argparse.Namespace) -> list[list[dict[str, str]]] | None:
+    """One conversation per --prompt for --chat (with --system first), else None."""
+    if not args.chat:
+        if args.system is not None:
+            raise SystemExit("--system is only used with --chat")
+        return None
+    if not args.prompt:
+        raise SystemExit("--chat needs at least one --prompt (each becomes one user message)")
+    system = [{"role": "system", "content": args.system}] if args.system is not None else []
+    return [[*system, {"role": "user", "content": p}] for p in args.prompt]
+
+
 def generate_command(args: argparse.Namespace) -> int:
     """``mdm-sched generate``: samples to stdout (and ``--out``), with a record of how they were made."""
     import torch
@@ -116,17 +132,23 @@ def generate_command(args: argparse.Namespace) -> int:
     from mdm_sched._io import atomic_write_json, atomic_write_text
 
     cfg = _generation_config(args)
+    messages = _chat_messages(args)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     model = ms.load_masked_lm(args.model, device=args.device, dtype=dtype, trust_remote_code=args.trust_remote_code)
-    out = ms.generate(model, prompts=args.prompt, generation_config=cfg,
+    out = ms.generate(model, prompts=None if messages else args.prompt, messages=messages, generation_config=cfg,
                       generator=torch.Generator().manual_seed(args.seed), progress=True)
-    texts = out.texts if out.texts is not None else [" ".join(map(str, row)) for row in out.generated.tolist()]
+    if messages:  # chat needs a tokenizer: print the replies, not the templated prompts
+        texts = model.decode(out.generated)
+    elif out.texts is not None:
+        texts = out.texts
+    else:
+        texts = [" ".join(map(str, row)) for row in out.generated.tolist()]
     print(f"# {len(texts)} samples, {out.nfe} model calls, schedule {cfg.schedule}", file=sys.stderr)
     if args.out:
         calls = out.calls_per_row.tolist()
         atomic_write_text(args.out, "".join(json.dumps({"text": t, "calls": c}) + "\n" for t, c in zip(texts, calls)))
-        record = {"model": args.model, "prompts": args.prompt, "seed": args.seed, "samples": os.path.basename(args.out),
-                  **out.record()}
+        record = {"model": args.model, "prompts": args.prompt, "chat": args.chat, "system": args.system,
+                  "seed": args.seed, "samples": os.path.basename(args.out), **out.record()}
         atomic_write_json(_record_path(args.out), record)
     for t in texts:
         print(t)

@@ -10,8 +10,11 @@ bert      HF encoder masked LMs (BERT, RoBERTa, ModernBERT, ESM, ...): CLS/SEP f
           out right-padded (absolute position embeddings), every special token never sampled,
           loaded with ``AutoModelForMaskedLM``.
 llada     LLaDA-style masked diffusion LMs: no framing, position ids for left-padded rows when the
-          forward accepts them, default mask id 126336, ``AutoModel`` with remote code.
-dream     Dream-style: like llada, but the logits at position ``i`` predict token ``i + 1``.
+          forward accepts them, default mask id 126336, ``AutoModel`` with remote code; chat prompts
+          are rendered to text and tokenized with the tokenizer's BOS (LLaDA's ``chat.py``).
+dream     Dream-style: like llada, but the logits at position ``i`` predict token ``i + 1``, the attention
+          mask is the ``[B, 1, L, L]`` boolean one of Dream's generator, and chat prompts are the
+          template's own tokens.
 module    any ``nn.Module`` returning ``.logits``: never detected, the fallback; position ids like llada,
           no LM-head shortcut.
 ========  ==========================================================================================
@@ -39,9 +42,11 @@ from types import MappingProxyType
 
 from torch import nn
 
-__all__ = ["Family", "ModelFacts", "FAMILIES", "LLADA_MASK_TOKEN_ID", "register_family", "get_family",
+__all__ = ["Family", "ModelFacts", "FAMILIES", "LLADA_MASK_TOKEN_ID", "CHAT_TOKENIZATIONS", "register_family", "get_family",
            "detect_family", "family_of", "name_contains"]
 
+#: Values of :attr:`Family.chat_tokenization` (see there).
+CHAT_TOKENIZATIONS = ("template", "text")
 #: LLaDA's mask token id (``<|mdm_mask|>``), used when neither the config nor the tokenizer names one.
 LLADA_MASK_TOKEN_ID = 126336
 
@@ -93,7 +98,11 @@ class Family:
         shifted_logits: the logits at position ``i`` predict token ``i + 1`` (Dream); the adapter reads
             them back one position (a row's first position reads its own).
         position_ids: for left-padded rows pass position ids that start at 0 on the first real token,
-            when the forward accepts ``position_ids``.
+            when the forward accepts ``position_ids`` (Dream's ``tok_idx``).
+        pairwise_mask: the forward takes the attention mask as Dream's own generator builds it, a boolean
+            ``[B, 1, L, L]`` tensor (query ``i`` may attend key ``j`` when both are real tokens), which its
+            attention hands to ``scaled_dot_product_attention`` unchanged; otherwise the ``[B, L]`` 0/1
+            padding mask of the Hugging Face convention (LLaDA, BERT).
         suppress_special_tokens: never sample any special token (the tokenizer's, the framing ids, pad);
             otherwise only the mask token and padding (padding stays samplable when it equals EOS).
         default_mask_token_id: mask id when neither the arguments, tokenizer nor config name one.
@@ -101,6 +110,11 @@ class Family:
         remote_code: checkpoints ship their own modelling code (``auto_map``), so loading one needs
             ``trust_remote_code=True``.
         head_shortcut: look for an LM head to apply only at requested positions (verified on first use).
+        chat_tokenization: how chat messages become prompt ids, as the family's reference sampler does it:
+            ``"template"``: the chat template's own tokens (``apply_chat_template(..., tokenize=True)``,
+            Dream's demos and the Hugging Face convention); ``"text"``: the template rendered to text, then
+            tokenized with the tokenizer's special tokens (LLaDA's ``chat.py``: the tokenizer adds BOS),
+            keeping one BOS where the template rendered one too.
         detect: recognises the family from :class:`ModelFacts`; ``None``: only chosen by name.
         description: one line for error messages and listings.
     """
@@ -110,11 +124,13 @@ class Family:
     right_pad: bool = False
     shifted_logits: bool = False
     position_ids: bool = False
+    pairwise_mask: bool = False
     suppress_special_tokens: bool = False
     default_mask_token_id: int | None = None
     auto_class: str = "AutoModel"
     remote_code: bool = False
     head_shortcut: bool = True
+    chat_tokenization: str = "template"
     detect: Detector | None = field(default=None, compare=False)
     description: str = ""
 
@@ -126,6 +142,8 @@ class Family:
             raise ValueError(f"default_mask_token_id must be None or a non-negative int, got {mask!r}")
         if not isinstance(self.auto_class, str) or not self.auto_class.startswith("Auto"):
             raise ValueError(f"auto_class must name a transformers auto class such as 'AutoModel', got {self.auto_class!r}")
+        if self.chat_tokenization not in CHAT_TOKENIZATIONS:
+            raise ValueError(f"chat_tokenization must be one of {', '.join(CHAT_TOKENIZATIONS)}, got {self.chat_tokenization!r}")
         if self.detect is not None and not callable(self.detect):
             raise TypeError(f"detect must be None or a function ModelFacts -> bool, got {type(self.detect).__name__}")
 
@@ -203,7 +221,8 @@ register_family(Family("module", position_ids=True, head_shortcut=False,
 register_family(Family("bert", framing=True, right_pad=True, suppress_special_tokens=True,
                        auto_class="AutoModelForMaskedLM", detect=_is_encoder_mlm,
                        description="HF encoder masked LMs (BERT, RoBERTa, ModernBERT, ESM, ...)"))
-register_family(Family("dream", shifted_logits=True, position_ids=True, remote_code=True, detect=name_contains("dream"),
-                       description="Dream-style masked diffusion LMs (logits at i predict i + 1)"))
+register_family(Family("dream", shifted_logits=True, position_ids=True, pairwise_mask=True, remote_code=True,
+                       detect=name_contains("dream"), description="Dream-style masked diffusion LMs (logits at i predict i + 1)"))
 register_family(Family("llada", position_ids=True, default_mask_token_id=LLADA_MASK_TOKEN_ID, remote_code=True,
-                       detect=name_contains("llada"), description="LLaDA-style masked diffusion LMs"))
+                       chat_tokenization="text", detect=name_contains("llada"),
+                       description="LLaDA-style masked diffusion LMs"))

@@ -10,7 +10,9 @@ family entry (:mod:`mdm_sched.families`):
 - ``position_ids``: left-padded rows get position ids starting at 0 on the first real token, when
   the forward accepts them (what Dream's own generate does);
 - ``shifted_logits``: content position ``j`` reads the logits of the model position before it, unless
-  that is not content (the row's first position then reads its own, as Dream does).
+  that is not content (the row's first position then reads its own, as Dream does);
+- ``pairwise_mask``: :meth:`Layout.forward_mask` turns the ``[B, W]`` padding mask into the boolean
+  ``[B, 1, W, W]`` query-key mask that Dream's generator builds (its attention takes no other form).
 
 :func:`max_content_length` says how many content tokens fit in the model's position table.
 """
@@ -81,6 +83,20 @@ class Layout:
         if self.family.shifted_logits:
             index = _read_previous(index, content)
         return ModelInputs(model_ids, model_attn if padded else None, position_ids, index)
+
+    def forward_mask(self, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """A ``[B, W]`` model attention mask (True/1 = real token) in the form the family's forward takes.
+
+        ``[B, W]`` long 0/1 (the Hugging Face padding mask), or for ``pairwise_mask`` families the boolean
+        ``[B, 1, W, W]`` mask of Dream's ``diffusion_generate``: query ``i`` attends key ``j`` when both are
+        real (a padded query attends nothing; its output is never read).
+        """
+        if attention_mask is None:
+            return None
+        if self.family.pairwise_mask:
+            real = attention_mask.bool()
+            return real[:, None, :, None] & real[:, None, None, :]
+        return attention_mask.long()
 
     def _relaid(self, ids: torch.Tensor, attn: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``[prefix] content [suffix] pad...`` per row: (model ids, model attention, content mask, index)."""

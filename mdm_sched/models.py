@@ -41,10 +41,11 @@ import torch
 from torch import nn
 
 from . import assets
+from .compat import dtype_kwargs
 from .families import FAMILIES, LLADA_MASK_TOKEN_ID, Family, detect_family, family_of, get_family
 from .heads import PositionsHead, output_embeddings
 from .layout import Layout, ModelInputs, max_content_length
-from .text import TextCodec
+from .text import Conversation, TextCodec
 from .tokens import Framing, TokenPolicy, config_value, first_int
 
 __all__ = ["MaskedLM", "wrap", "load_masked_lm", "detect_family", "FAMILIES", "LLADA_MASK_TOKEN_ID"]
@@ -135,7 +136,7 @@ class MaskedLM:
         if spec.framing and framing is None and self.tokens.framing == (None, None):
             warnings.warn(f"{type(model).__name__}: no CLS/SEP (BOS/EOS) framing tokens known; the model will see "
                           "unframed content. Pass tokenizer=... or framing=(cls_id, sep_id)", stacklevel=3)
-        self.text = TextCodec(tokenizer, residue_separator, self.tokens.pad_token_id)
+        self.text = TextCodec(tokenizer, residue_separator, self.tokens.pad_token_id, spec.chat_tokenization)
         self._pass_attention_mask = _accepts(model.forward, "attention_mask")
         self.layout = Layout(spec, self.tokens.framing, self.tokens.pad_token_id, _accepts(model.forward, "position_ids"))
         self.max_length: int | None = max_content_length(model, self.layout.n_framing, max_length)
@@ -219,6 +220,11 @@ class MaskedLM:
         """Content token ids (no framing tokens) of each text; the mask token's string marks masked positions."""
         return self.text.encode(texts)
 
+    def encode_chat(self, messages: Conversation | Sequence[Conversation]) -> list[list[int]]:
+        """Prompt ids of chat conversations (one, or a list of them) through the tokenizer's chat template,
+        ending with the assistant's generation prompt, special tokens as the family expects (BOS for LLaDA)."""
+        return self.text.encode_chat(messages)
+
     def decode(self, ids: torch.Tensor | Sequence[Sequence[int]]) -> list[str]:
         """Texts of rows of token ids; padding, framing and other special tokens are dropped.
 
@@ -244,7 +250,7 @@ class MaskedLM:
             if not self._pass_attention_mask:
                 raise ValueError(f"{type(self.model).__name__}.forward takes no attention_mask, so rows of different "
                                  "lengths cannot be batched: pass prompts of equal length (or batch them separately)")
-            kwargs["attention_mask"] = attention_mask.long()
+            kwargs["attention_mask"] = self.layout.forward_mask(attention_mask)
         if position_ids is not None:
             kwargs["position_ids"] = position_ids
         return _extract_logits(self.model(input_ids, **kwargs))
@@ -513,8 +519,8 @@ def load_masked_lm(name_or_path: str | os.PathLike, *, trust_remote_code: bool =
         dtype = getattr(torch, dtype)
     config = _load_config(path, name, trust_remote_code)
     spec = _loading_family(name, config, family, meta, trust_remote_code)
-    load_kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "dtype": dtype or torch.float32}
-    model = _auto_class(spec).from_pretrained(path, **load_kwargs)
+    model = _auto_class(spec).from_pretrained(path, trust_remote_code=trust_remote_code,
+                                              **dtype_kwargs(dtype or torch.float32))
     if device is not None:
         model = model.to(device)
     model.eval()

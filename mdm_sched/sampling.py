@@ -16,7 +16,7 @@ knows no rule, order or model family by name.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -24,7 +24,7 @@ import torch
 
 from . import schedules as _schedules
 from ._types import ModelLike, PromptLike
-from .canvas import Block, Canvas, plan_blocks, prompt_tensors
+from .canvas import Block, Canvas, chat_prompts, plan_blocks, prompt_tensors
 from .config import MaskedGenerationConfig
 from .draw import Draw, draw_tokens
 from .forward import Forward, make_forward
@@ -36,6 +36,7 @@ from .rng import Randomness
 from .rules import FixedSchedule, RankedStats, RevealRule, Step
 from .schedules import Schedule
 from .stopping import Stopping
+from .text import Conversation
 from .validation import check_generator
 
 __all__ = ["generate", "GenerationOutput", "ORDERS"]
@@ -115,6 +116,7 @@ def generate(model: ModelLike, prompts: PromptLike | None = None, *,
              attention_mask: torch.Tensor | None = None, mask_token_id: int | None = None, tokenizer: Any = None,
              progress: bool = False, logits_processor: Callable[..., torch.Tensor] | None = None,
              callback_on_step_end: Callable[[int, StepState], Any] | None = None, streamer: Streamer | None = None,
+             messages: Conversation | Sequence[Conversation] | None = None, apply_chat_template: bool = False,
              **settings: Any) -> GenerationOutput:
     """Generate (or infill) with a masked LM: the schedule sets how many positions each call reveals, the order which.
 
@@ -130,6 +132,10 @@ def generate(model: ModelLike, prompts: PromptLike | None = None, *,
         mask_token_id, tokenizer: used when ``model`` is not yet wrapped.
         progress: show a progress bar over model calls.
         logits_processor, callback_on_step_end, streamer: hooks into every call (:mod:`mdm_sched.hooks`).
+        messages: instead of ``prompts``, chat conversations (one, or one per row:
+            ``[[{"role": "user", "content": "..."}], ...]``) sent through the tokenizer's chat template with
+            the assistant's generation prompt and the special tokens the model family expects (LLaDA: BOS).
+        apply_chat_template: treat each string prompt as one user message of a conversation (as ``messages``).
         **settings: any :class:`~mdm_sched.config.MaskedGenerationConfig` field: ``gen_length``, ``schedule``
             (a Schedule, sizes, an int = calls *per block*, a builder name with ``steps``, or a reveal rule),
             ``steps``, ``profile``, ``num_samples``, ``order``, ``temperature``, ``top_k``, ``top_p``,
@@ -144,6 +150,7 @@ def generate(model: ModelLike, prompts: PromptLike | None = None, *,
         raise TypeError(f"generation_config must be a MaskedGenerationConfig, got {type(base).__name__}")
     cfg = base.replace(**settings).validated()
     check_generator(generator)
+    prompts = chat_prompts(mlm, prompts, messages, apply_chat_template)
     hooks = Hooks(logits_processor=logits_processor, callback_on_step_end=callback_on_step_end, streamer=streamer)
     with torch.inference_mode():
         return _generate(mlm, prompts, cfg, generator, attention_mask, progress, hooks)

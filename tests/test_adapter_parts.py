@@ -138,6 +138,16 @@ def test_layout_shift_and_position_ids():
     assert Layout(FAMILIES["llada"])(torch.tensor([[4, 5]]), torch.ones(1, 2, dtype=torch.bool)).index.tolist() == [[0, 1]]
 
 
+def test_forward_mask_takes_the_form_the_family_forward_takes():
+    attn = torch.tensor([[False, True, True], [True, True, True]])
+    hf = Layout(FAMILIES["llada"]).forward_mask(attn)
+    assert hf.dtype == torch.long and hf.tolist() == [[0, 1, 1], [1, 1, 1]]
+    pairwise = Layout(FAMILIES["dream"]).forward_mask(attn)
+    assert pairwise.dtype == torch.bool and pairwise.shape == (2, 1, 3, 3)
+    assert pairwise[0, 0].tolist() == [[False] * 3, [False, True, True], [False, True, True]] and pairwise[1].all()
+    assert Layout(FAMILIES["dream"]).forward_mask(None) is None
+
+
 def test_max_content_length():
     roberta_like = nn.Module()
     roberta_like.embeddings = SimpleNamespace(position_embeddings=nn.Embedding(66, 4, padding_idx=1))
@@ -154,7 +164,7 @@ def test_max_content_length():
 def _forward_of(model: nn.Module, counter: list[int]):
     def forward(ids, attn, position_ids):
         counter.append(ids.shape[1])
-        return model(ids, attn).logits
+        return model(ids, attention_mask=attn).logits
     return forward
 
 

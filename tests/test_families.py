@@ -45,7 +45,9 @@ def test_builtin_entries_say_what_the_adapter_does():
     assert set(FAMILIES) >= {"bert", "llada", "dream", "module"}
     bert, llada, dream, module = (FAMILIES[n] for n in ("bert", "llada", "dream", "module"))
     assert bert.framing and bert.right_pad and bert.suppress_special_tokens and bert.auto_class == "AutoModelForMaskedLM"
-    assert dream.shifted_logits and dream.position_ids and not llada.shifted_logits
+    assert dream.shifted_logits and dream.position_ids and dream.pairwise_mask and not llada.shifted_logits
+    assert not llada.pairwise_mask and not bert.pairwise_mask  # the [B, L] padding mask of the HF convention
+    assert (llada.chat_tokenization, dream.chat_tokenization, bert.chat_tokenization) == ("text", "template", "template")
     assert llada.default_mask_token_id == families.LLADA_MASK_TOKEN_ID and llada.remote_code
     assert module.detect is None and not module.head_shortcut
 
@@ -66,6 +68,8 @@ def test_register_refuses_duplicates_and_bad_entries(register):
         Family("not a name")
     with pytest.raises(ValueError, match="default_mask_token_id"):
         Family("toy_bad", default_mask_token_id=-1)
+    with pytest.raises(ValueError, match="chat_tokenization"):
+        Family("toy_bad", chat_tokenization="jinja")
     with pytest.raises(ValueError, match="auto_class"):
         Family("toy_bad", auto_class="BertForMaskedLM")
     with pytest.raises(TypeError, match="Family"):

@@ -497,7 +497,7 @@ def test_bad_input_errors():
 def test_nan_or_inf_logits_stop_generation(bad):
     class Broken(TinyLLaDA):
         def forward(self, input_ids, attention_mask=None):
-            out = super().forward(input_ids, attention_mask)
+            out = super().forward(input_ids, attention_mask=attention_mask)
             return SimpleNamespace(logits=out.logits.masked_fill(input_ids.unsqueeze(-1) == 39, bad))
 
     with pytest.raises(ValueError, match="NaN or \\+inf"):
