@@ -53,9 +53,9 @@ class GuidedForward(Forward):
         self.scale = float(scale)
 
     def logits(self, canvas: Canvas, positions: torch.Tensor, block: Block, call: int) -> torch.Tensor:
-        cols = torch.arange(canvas.x.shape[1], device=canvas.x.device)
-        prompt = canvas.attention & (cols < canvas.prompt_length)
-        uncond = canvas.x.masked_fill(prompt, self.mlm.mask_token_id)
+        # every prompt column, padding included, as LLaDA's `un_x[prompt_index] = mask_id` (padding stays unattended)
+        prompt = torch.arange(canvas.x.shape[1], device=canvas.x.device) < canvas.prompt_length
+        uncond = canvas.x.masked_fill(prompt.unsqueeze(0), self.mlm.mask_token_id)
         both = self.mlm.logits(torch.cat([canvas.x, uncond]), torch.cat([canvas.attention, canvas.attention]),
                                positions=torch.cat([positions, positions]))
         cond, un = both.chunk(2, dim=0)
