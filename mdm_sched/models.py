@@ -225,12 +225,13 @@ class MaskedLM:
         ending with the assistant's generation prompt, special tokens as the family expects (BOS for LLaDA)."""
         return self.text.encode_chat(messages)
 
-    def decode(self, ids: torch.Tensor | Sequence[Sequence[int]]) -> list[str]:
-        """Texts of rows of token ids; padding, framing and other special tokens are dropped.
+    def decode(self, ids: torch.Tensor | Sequence[Sequence[int]], *, skip_special_tokens: bool = True) -> list[str]:
+        """Texts of rows of token ids; padding, framing and other special tokens are dropped unless
+        ``skip_special_tokens=False``.
 
         Residue models (``residue_separator`` set) give plain residue strings (``"EVQLV..."``).
         """
-        return self.text.decode(ids)
+        return self.text.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def __repr__(self) -> str:
         return (f"MaskedLM(family={self.family!r}, model={type(self.model).__name__}, name_or_path={self.name_or_path!r}, "

@@ -176,7 +176,8 @@ def _stopping(mlm: MaskedLM, cfg: MaskedGenerationConfig) -> Stopping:
             raise ValueError("stop_strings need a tokenizer to decode the samples: wrap(model, tokenizer=...)")
         if fill is None:
             raise ValueError("stop_strings need an id to fill finished rows with: pass stop_at_eos=<eos id>")
-    return Stopping(ids, fill, strings, decode=mlm.decode if strings else None)
+    decode = (lambda rows: mlm.decode(rows, skip_special_tokens=False)) if strings else None  # "</s>" can stop too
+    return Stopping(ids, fill, strings, decode=decode)
 
 
 def _canvas(mlm: MaskedLM, prompts: PromptLike | None, cfg: MaskedGenerationConfig,

@@ -4,7 +4,7 @@
   them in the generated span, every still-masked position after it is filled with that row's first EOS id
   (``fill_id``); positions before it are still generated.
 * **Stop strings** (``stop_strings=[...]``, needs a tokenizer): once the filled prefix of a row's generated
-  span (the tokens before its first masked position) decodes to text containing a stop string, every
+  span (the tokens before its first masked position, special tokens kept) decodes to text containing a stop string, every
   still-masked position after the token that completed it is filled. The text keeps the stop string, as in
   transformers' ``generate``.
 

@@ -118,8 +118,10 @@ class TextCodec:
         pattern = re.compile(("(" + re.escape(mask_str) + ")|" if mask_str else "") + r"(\S)")
         return str(self.residue_separator).join(m.group(0) for m in pattern.finditer(text))
 
-    def decode(self, ids: torch.Tensor | Sequence[Sequence[int]] | Sequence[int]) -> list[str]:
-        """Texts of rows of token ids (one row may be given flat); padding and special tokens are dropped.
+    def decode(self, ids: torch.Tensor | Sequence[Sequence[int]] | Sequence[int], *,
+               skip_special_tokens: bool = True) -> list[str]:
+        """Texts of rows of token ids (one row may be given flat); padding and special tokens are dropped
+        (kept with ``skip_special_tokens=False``, e.g. to find stop strings such as ``"</s>"``).
 
         Residue models (``residue_separator`` set) give plain residue strings (``"EVQLV..."``).
         """
@@ -129,5 +131,7 @@ class TextCodec:
             rows = [rows]
         if self.residue_separator is not None:
             special = set(getattr(tok, "all_special_ids", None) or []) | {self.pad_token_id}
+            if not skip_special_tokens:
+                special = set()
             return ["".join(tok.convert_ids_to_tokens([i for i in r if i not in special])) for r in rows]
-        return tok.batch_decode(rows, skip_special_tokens=True)
+        return tok.batch_decode(rows, skip_special_tokens=skip_special_tokens)

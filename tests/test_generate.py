@@ -412,6 +412,10 @@ def test_stop_strings_finish_rows():
     out = ms.generate(model, gen_length=10, schedule=10, order="confidence", temperature=0, stop_strings=["w3 w4"])
     assert out.generated[0].tolist() == [1, 2, 3, 4] + [12] * 6 and out.nfe == 4
     assert out.texts[0] == "w1 w2 w3 w4"
+    special = ms.generate(model, gen_length=10, schedule=10, order="confidence", temperature=0, stop_strings=["</s>"],
+                          logits_processor=lambda ids, s, positions: s.index_put((positions == 2, torch.tensor(12)),
+                                                                                 torch.tensor(99.0)))
+    assert special.generated[0].tolist()[:3] == [1, 2, 12] and special.nfe == 3  # a special-token stop string
     none = ms.generate(model, gen_length=10, schedule=10, order="confidence", temperature=0, stop_strings=["w9 w1"])
     assert none.nfe == 10
     with pytest.raises(ValueError, match="stop_strings"):
