@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 import torch
 
 from .canvas import Block, Canvas
+from .logit_rows import LogitRows
 from .models import MaskedLM
 
 __all__ = ["Forward", "PlainForward", "GuidedForward", "make_forward"]
@@ -27,8 +28,8 @@ class Forward(ABC):
         """Called before the first call of each block (caches reset here)."""
 
     @abstractmethod
-    def logits(self, canvas: Canvas, positions: torch.Tensor, block: Block, call: int) -> torch.Tensor:
-        """Float32 ``[P, V]`` logits at ``positions.nonzero()`` (row-major), never-sampled ids at ``-inf``.
+    def logits(self, canvas: Canvas, positions: torch.Tensor, block: Block, call: int) -> LogitRows:
+        """``[P, V]`` logits at ``positions.nonzero()`` (row-major), read as float32 with never-sampled ids at ``-inf``.
 
         ``call`` is the 0-based index of the call within ``block``; ``positions`` lie inside the block's columns.
         """
@@ -37,8 +38,8 @@ class Forward(ABC):
 class PlainForward(Forward):
     """The whole canvas through the model at every call (exact, no cache)."""
 
-    def logits(self, canvas: Canvas, positions: torch.Tensor, block: Block, call: int) -> torch.Tensor:
-        return self.mlm.logits(canvas.x, canvas.attention, positions=positions)
+    def logits(self, canvas: Canvas, positions: torch.Tensor, block: Block, call: int) -> LogitRows:
+        return self.mlm.logit_rows(canvas.x, canvas.attention, positions)
 
 
 class GuidedForward(Forward):
@@ -52,7 +53,7 @@ class GuidedForward(Forward):
         super().__init__(mlm)
         self.scale = float(scale)
 
-    def logits(self, canvas: Canvas, positions: torch.Tensor, block: Block, call: int) -> torch.Tensor:
+    def logits(self, canvas: Canvas, positions: torch.Tensor, block: Block, call: int) -> LogitRows:
         cols = torch.arange(canvas.x.shape[1], device=canvas.x.device)
         prompt = canvas.attention & (cols < canvas.prompt_length)
         uncond = canvas.x.masked_fill(prompt, self.mlm.mask_token_id)
@@ -60,7 +61,8 @@ class GuidedForward(Forward):
                                positions=torch.cat([positions, positions]))
         cond, un = both.chunk(2, dim=0)
         guided = un + (self.scale + 1.0) * (cond - un)
-        return guided.masked_fill(torch.isinf(cond), float("-inf"))  # never-sampled ids stay -inf (not NaN)
+        guided = guided.masked_fill(torch.isinf(cond), float("-inf"))  # never-sampled ids stay -inf (not NaN)
+        return LogitRows(guided, origin="classifier-free guidance")
 
 
 def make_forward(mlm: MaskedLM, cfg_scale: float = 0.0) -> Forward:

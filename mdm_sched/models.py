@@ -43,7 +43,8 @@ from torch import nn
 from . import assets
 from .families import FAMILIES, LLADA_MASK_TOKEN_ID, Family, detect_family, family_of, get_family
 from .heads import PositionsHead, output_embeddings
-from .layout import Layout, ModelInputs, max_content_length
+from .layout import Layout, max_content_length
+from .logit_rows import LogitRows
 from .text import TextCodec
 from .tokens import Framing, TokenPolicy, config_value, first_int
 
@@ -299,30 +300,46 @@ class MaskedLM:
         Raises:
             ValueError: NaN or ``+inf`` logits, or rows longer than :attr:`max_length`.
         """
-        ids, attn, positions = self._check_inputs(input_ids, attention_mask, positions)
+        if positions is not None:
+            return self.logit_rows(input_ids, attention_mask, positions).materialize()
+        ids, attn, _ = self._check_inputs(input_ids, attention_mask, None)
         with torch.inference_mode(), self._eval_mode():
-            out = self._select_logits(self.layout(ids, attn), positions).float()
-            peak = out.amax(dim=-1)  # NaN and +inf propagate through max: no [P, V] boolean temporaries
-            if bool((torch.isnan(peak) | (peak == float("inf"))).any()):
-                raise ValueError(f"model {self.name_or_path or type(self.model).__name__} returned NaN or +inf logits "
-                                 f"(dtype {self.dtype}); run it in float32 (load_masked_lm(..., dtype=torch.float32)) "
-                                 "or check its weights")
-            if self._vocab_size is None:
-                self._vocab_size = int(out.shape[-1])
-            return out.masked_fill_(self.tokens.never_sampled(out.shape[-1], out.device), float("-inf"))
-
-    def _select_logits(self, inputs: ModelInputs, positions: torch.Tensor | None) -> torch.Tensor:
-        """Model-dtype logits at the requested content positions (``[P, V]``) or everywhere (``[B, L, V]``)."""
-        if positions is None:
+            inputs = self.layout(ids, attn)
             full = self._forward(inputs.input_ids, inputs.attention_mask, inputs.position_ids)
-            return full.gather(1, inputs.index.unsqueeze(-1).expand(-1, -1, full.shape[-1]))
-        rows, cols = positions.nonzero(as_tuple=True)
-        model_cols = inputs.index[rows, cols]
-        at = self.head.logits_at(self._forward, inputs, rows, model_cols)
-        if at is not None:
-            return at
-        full = self._forward(inputs.input_ids, inputs.attention_mask, inputs.position_ids)
-        return full[rows, model_cols]
+            out = full.gather(1, inputs.index.unsqueeze(-1).expand(-1, -1, full.shape[-1]))
+            b, length, vocab = out.shape
+            flat = self._rows(out.reshape(b * length, vocab), None).materialize()
+            return flat.view(b, length, vocab)
+
+    def logit_rows(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                   positions: torch.Tensor) -> LogitRows:
+        """The logits at ``positions.nonzero()`` (row-major) as :class:`~mdm_sched.logit_rows.LogitRows`: the model's
+        output, not yet copied, converted, checked or suppressed (that happens chunk by chunk as the draw reads it).
+
+        Same arguments and meaning as :meth:`logits` with ``positions``; ``logit_rows(...).materialize()`` is
+        ``logits(..., positions=positions)``.
+        """
+        ids, attn, positions = self._check_inputs(input_ids, attention_mask, positions)
+        assert positions is not None
+        with torch.inference_mode(), self._eval_mode():
+            inputs = self.layout(ids, attn)
+            rows, cols = positions.nonzero(as_tuple=True)
+            model_cols = inputs.index[rows, cols]
+            at = self.head.logits_at(self._forward, inputs, rows, model_cols)
+            if at is not None:
+                return self._rows(at, None)
+            full = self._forward(inputs.input_ids, inputs.attention_mask, inputs.position_ids)
+            return self._rows(full.reshape(-1, full.shape[-1]), rows * full.shape[1] + model_cols)
+
+    def _rows(self, source: torch.Tensor, index: torch.Tensor | None) -> LogitRows:
+        """Rows of this model's logits, suppressed and checked as they are read."""
+        vocab = source.shape[-1]
+        if self._vocab_size is None:
+            self._vocab_size = int(vocab)
+        name = self.name_or_path or type(self.model).__name__
+        return LogitRows(source, index, self.tokens.never_sampled(vocab, source.device), origin=f"model {name}",
+                         hint=f" (dtype {self.dtype}); run it in float32 (load_masked_lm(..., dtype=torch.float32)) "
+                              "or check its weights")
 
 
 # --------------------------------------------------------------------------------------------------
