@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .logit_rows import LogitRows
+from .logit_rows import ChunkBuffers, LogitRows
 
 __all__ = ["SamplingParams", "Draw", "draw_tokens", "SAMPLE_CHUNK_ELEMENTS", "chunk_elements"]
 
@@ -89,41 +89,59 @@ def _truncate(logits: torch.Tensor, peak: torch.Tensor, params: SamplingParams) 
     return z
 
 
-def _logsumexp(logits: torch.Tensor, peak: torch.Tensor) -> torch.Tensor:
+def _logsumexp(logits: torch.Tensor, peak: torch.Tensor, work: torch.Tensor) -> torch.Tensor:
     """``torch.logsumexp`` of rows with a finite, already known ``peak`` ``[n, 1]``: the same arithmetic
-    (``log(sum(exp(x - peak))) + peak``) without its second pass for the peak."""
-    return (logits - peak).exp_().sum(dim=-1, keepdim=True).log_().add_(peak)
+    (``log(sum(exp(x - peak))) + peak``) without its pass for the peak, in the buffer ``work``."""
+    return torch.sub(logits, peak, out=work).exp_().sum(dim=-1, keepdim=True).log_().add_(peak)
 
 
-def _draw_chunk(logits: torch.Tensor, peak: torch.Tensor, argmax: torch.Tensor, params: SamplingParams,
-                u: torch.Tensor, want: frozenset[str]) -> Draw:
-    """Draw at rows of float32 ``logits`` whose ``peak`` and ``argmax`` ``[n]`` are known (never-sampled ids at -inf)."""
+def _entropy(logits: torch.Tensor, lse: torch.Tensor, work: torch.Tensor) -> torch.Tensor:
+    """Entropy of each row's temperature-1 distribution (``0 log 0 = 0`` at never-sampled ids)."""
+    logp = torch.sub(logits, lse, out=work)
+    terms = logp.exp() * logp
+    return -terms.masked_fill_(logp == float("-inf"), 0.0).sum(-1)
+
+
+def first_argmax(logits: torch.Tensor, peak: torch.Tensor, width: int = 16) -> torch.Tensor:
+    """``logits.argmax(-1)`` (the first maximal id) of rows whose ``peak`` ``[n, 1]`` is known, without the slow
+    index-tracking reduction: the first block of ``width`` ids whose maximum is the peak, then the first id in it."""
+    vocab = logits.shape[1]
+    main = vocab - vocab % width
+    blocks = [logits[:, :main].unflatten(1, (main // width, width)).amax(-1)] if main else []
+    if main < vocab:
+        blocks.append(logits[:, main:].amax(-1, keepdim=True))
+    block = (torch.cat(blocks, 1) if len(blocks) > 1 else blocks[0]).eq(peak).byte().argmax(-1, keepdim=True)
+    cols = (block * width + torch.arange(width, device=logits.device)).clamp_(max=vocab - 1)
+    return (block * width).squeeze(1) + logits.gather(1, cols).eq(peak).byte().argmax(-1)
+
+
+def _draw_chunk(logits: torch.Tensor, peak: torch.Tensor, params: SamplingParams, u: torch.Tensor,
+                want: frozenset[str], buffers: ChunkBuffers) -> Draw:
+    """Draw at rows of float32 ``logits`` whose ``peak`` ``[n, 1]`` is known (never-sampled ids at ``-inf``)."""
     if bool((peak == float("-inf")).any()):
         raise ValueError("every token is suppressed at some position (all logits -inf): loosen allowed_tokens / "
                          "suppress_tokens")
-    peak = peak.unsqueeze(1)
+    n = logits.shape[0]
+    work = buffers.get("work", n)
     if params.temperature == 0.0:
-        tokens = argmax
-        lse = _logsumexp(logits, peak)
+        tokens = first_argmax(logits, peak)
+        lse = _logsumexp(logits, peak, work)
         logp = (peak - lse).squeeze(1)  # the drawn token's logit is the peak
     else:
         z = logits if params.plain else _truncate(logits, peak, params)
         z_peak = peak if params.plain else z.amax(dim=-1, keepdim=True)
-        # In place: one float64 buffer per chunk.
-        cdf = z.double().sub_(z_peak).exp_().cumsum_(dim=-1)
+        cdf = buffers.get("cdf", n, torch.float64).copy_(z).sub_(z_peak).exp_().cumsum_(dim=-1)
         total = cdf[:, -1:]
         tokens = torch.searchsorted(cdf, u.unsqueeze(1).mul(total), right=True).squeeze(1).clamp_(max=z.shape[-1] - 1)
         # the normaliser comes for free at temperature 1: log sum exp = peak + log(cdf[-1])
-        lse = (peak.double() + total.log()).float() if params.plain else _logsumexp(logits, peak)
-        del cdf
+        lse = (peak.double() + total.log()).float() if params.plain else _logsumexp(logits, peak, work)
         logp = (logits.gather(-1, tokens.unsqueeze(-1)) - lse).squeeze(-1)
     out = Draw(tokens=tokens, logp=logp)
     if "margin" in want:
         top = (logits.topk(min(2, logits.shape[-1]), dim=-1).values - lse).exp()
         out.margin = top[:, 0] - top[:, 1] if top.shape[1] > 1 else top[:, 0]
     if "entropy" in want:
-        logp_all = logits - lse
-        out.entropy = -torch.where(logp_all > float("-inf"), logp_all.exp() * logp_all, torch.zeros_like(logp_all)).sum(-1)
+        out.entropy = _entropy(logits, lse, work)
     return out
 
 
@@ -142,11 +160,11 @@ def draw_tokens(logits: torch.Tensor | LogitRows, params: SamplingParams, unifor
     n_pos, vocab = rows.shape
     step = max(1, chunk_elements(rows.device) // max(1, vocab))
     parts = []
+    buffers = ChunkBuffers(min(step, n_pos), vocab, rows.device)
     with torch.inference_mode():  # reading fills never-sampled ids in place, also on inference tensors
         for i in range(0, n_pos, step):
-            chunk, peak, argmax = rows.read(i, min(i + step, n_pos))
-            parts.append(_draw_chunk(chunk, peak, argmax, params, uniforms[i:i + step], want))
-            del chunk
+            chunk, peak = rows.read(i, min(i + step, n_pos), buffers)
+            parts.append(_draw_chunk(chunk, peak, params, uniforms[i:i + step], want, buffers))
     if len(parts) == 1:
         return parts[0]
     if not parts:

@@ -9,11 +9,11 @@ draw (:mod:`mdm_sched.draw`) makes its passes over them. Reading a chunk (:meth:
 
 * gathers only its rows (a view, no copy, when the rows are a contiguous span of float32 logits) and converts
   only them to float32 (bf16 models);
-* finds each row's peak and argmax in one pass, which is also the NaN/+inf check (both propagate through
-  ``max``; the same error as :meth:`~mdm_sched.models.MaskedLM.logits`);
+* checks them for NaN/+inf with one ``amax`` pass (both propagate through ``max``; the same error as
+  :meth:`~mdm_sched.models.MaskedLM.logits`);
 * sets the never-sampled ids to ``-inf`` touching only their columns (in place: rows of a float32 source are
-  overwritten, so a :class:`LogitRows` owns its source), and recomputes the peak only for rows whose peak was a
-  never-sampled id.
+  overwritten, so a :class:`LogitRows` owns its source) and returns each row's peak (a second ``amax``, over
+  the chunk while it is in cache), which the draw needs.
 
 Memory beyond the model's own output is one chunk, however many positions are drawn.
 """
@@ -21,11 +21,31 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["LogitRows", "NonFiniteLogitsError"]
+__all__ = ["LogitRows", "ChunkBuffers", "NonFiniteLogitsError"]
 
 
 class NonFiniteLogitsError(ValueError):
     """Logits hold NaN or ``+inf`` (a ``ValueError``: the model's output is unusable)."""
+
+
+class ChunkBuffers:
+    """``[rows, V]`` work buffers reused by every chunk of one pass (on a CPU a fresh multi-MiB tensor per chunk
+    costs a page fault per 4 KiB each time it is touched; a reused one stays in cache).
+
+    :meth:`get` hands out the first ``n`` rows of a named buffer; the next chunk overwrites them, so keep nothing
+    that views a buffer past the chunk it was computed for.
+    """
+
+    def __init__(self, rows: int, vocab: int, device: torch.device) -> None:
+        self.rows, self.vocab, self.device = rows, vocab, device
+        self._buffers: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+
+    def get(self, name: str, n: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Rows ``[0, n)`` of the buffer ``name`` (created on first use)."""
+        buf = self._buffers.get((name, dtype))
+        if buf is None:
+            buf = self._buffers[(name, dtype)] = torch.empty((self.rows, self.vocab), dtype=dtype, device=self.device)
+        return buf[:n]
 
 
 def _span_start(index: torch.Tensor) -> int | None:
@@ -73,7 +93,6 @@ class LogitRows:
                 self.never_mask = never  # many ids (e.g. allowed_tokens): one masked fill beats scattered writes
             elif ids.numel():
                 self.never_ids = ids
-            self._never = never
         self.origin = origin
         self.hint = hint
 
@@ -88,10 +107,21 @@ class LogitRows:
     def __len__(self) -> int:
         return self.length
 
-    def _rows(self, start: int, stop: int) -> torch.Tensor:
+    def _rows(self, start: int, stop: int, buffers: ChunkBuffers | None) -> torch.Tensor:
+        """Float32 rows ``[start, stop)``: a view of a float32 span, else gathered / converted into ``buffers``."""
+        n = stop - start
         if self.index is None:
-            return self.source[self.offset + start:self.offset + stop]
-        return self.source.index_select(0, self.index[start:stop])
+            rows = self.source[self.offset + start:self.offset + stop]
+            if rows.dtype == torch.float32 or buffers is None:
+                return rows.float()
+            return buffers.get("rows", n).copy_(rows)
+        index = self.index[start:stop]
+        if buffers is None:
+            return self.source.index_select(0, index).float()
+        if self.source.dtype == torch.float32:
+            return torch.index_select(self.source, 0, index, out=buffers.get("rows", n))
+        raw = torch.index_select(self.source, 0, index, out=buffers.get("raw", n, self.source.dtype))
+        return buffers.get("rows", n).copy_(raw)
 
     def _fill(self, chunk: torch.Tensor) -> None:
         if self.never_ids is not None:
@@ -99,23 +129,22 @@ class LogitRows:
         elif self.never_mask is not None:
             chunk.masked_fill_(self.never_mask, float("-inf"))
 
-    def read(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Rows ``[start, stop)``: (float32 logits ``[n, V]`` with never-sampled ids at ``-inf``, peak ``[n]``,
-        argmax ``[n]``; the first maximal id, as ``argmax``).
+    def read(self, start: int, stop: int, buffers: ChunkBuffers | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows ``[start, stop)``: (float32 logits ``[n, V]`` with never-sampled ids at ``-inf``, their peak ``[n, 1]``).
+
+        With ``buffers``, gathered or converted rows land in its ``"rows"`` buffer (valid until the next read).
 
         Raises:
             NonFiniteLogitsError: a row holds NaN or ``+inf`` (at any id, never-sampled ones included).
         """
-        chunk = self._rows(start, stop).float()
-        peak, arg = chunk.max(dim=-1)
+        chunk = self._rows(start, stop, buffers)
+        peak = chunk.amax(dim=-1, keepdim=True)  # NaN and +inf propagate through max
         if bool((torch.isnan(peak) | (peak == float("inf"))).any()):
             raise NonFiniteLogitsError(f"{self.origin} returned NaN or +inf logits{self.hint}")
-        self._fill(chunk)
         if self.never_ids is not None or self.never_mask is not None:
-            hit = self._never[arg]  # rows whose peak was a never-sampled id: find the peak among the others
-            if bool(hit.any()):
-                peak[hit], arg[hit] = chunk[hit].max(dim=-1)
-        return chunk, peak, arg
+            self._fill(chunk)
+            peak = chunk.amax(dim=-1, keepdim=True)  # from cache: far cheaper than tracking the argmax above
+        return chunk, peak
 
     def materialize(self) -> torch.Tensor:
         """All rows as one float32 ``[P, V]`` tensor, checked and suppressed (for callers that need the tensor)."""
@@ -128,7 +157,8 @@ class LogitRows:
             self.read(0, self.length)  # in place on the source: no copy
             return self.source
         out = torch.empty(self.shape, dtype=torch.float32, device=self.device)
-        rows = max(1, (1 << 22) // max(1, self.shape[1]))
+        rows = max(1, min(self.length, (1 << 20) // max(1, self.shape[1])))
+        buffers = ChunkBuffers(rows, self.shape[1], self.device)
         for i in range(0, self.length, rows):
-            out[i:i + rows] = self.read(i, min(i + rows, self.length))[0]
+            out[i:i + rows] = self.read(i, min(i + rows, self.length), buffers)[0]
         return out
