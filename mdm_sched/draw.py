@@ -102,7 +102,7 @@ def _entropy(logits: torch.Tensor, lse: torch.Tensor, work: torch.Tensor) -> tor
     return -terms.masked_fill_(logp == float("-inf"), 0.0).sum(-1)
 
 
-def first_argmax(logits: torch.Tensor, peak: torch.Tensor, width: int = 16) -> torch.Tensor:
+def first_argmax(logits: torch.Tensor, peak: torch.Tensor, width: int = 256) -> torch.Tensor:
     """``logits.argmax(-1)`` (the first maximal id) of rows whose ``peak`` ``[n, 1]`` is known, without the slow
     index-tracking reduction: the first block of ``width`` ids whose maximum is the peak, then the first id in it."""
     vocab = logits.shape[1]

@@ -9,11 +9,10 @@ draw (:mod:`mdm_sched.draw`) makes its passes over them. Reading a chunk (:meth:
 
 * gathers only its rows (a view, no copy, when the rows are a contiguous span of float32 logits) and converts
   only them to float32 (bf16 models);
-* checks them for NaN/+inf with one ``amax`` pass (both propagate through ``max``; the same error as
-  :meth:`~mdm_sched.models.MaskedLM.logits`);
-* sets the never-sampled ids to ``-inf`` touching only their columns (in place: rows of a float32 source are
-  overwritten, so a :class:`LogitRows` owns its source) and returns each row's peak (a second ``amax``, over
-  the chunk while it is in cache), which the draw needs.
+* checks the values at the never-sampled ids for NaN/+inf, then sets them to ``-inf`` touching only their
+  columns (in place: rows of a float32 source are overwritten, so a :class:`LogitRows` owns its source);
+* finds each row's peak with one ``amax`` pass, which the draw needs and which is also the NaN/+inf check of
+  the other ids (both propagate through ``max``; the same error as :meth:`~mdm_sched.models.MaskedLM.logits`).
 
 Memory beyond the model's own output is one chunk, however many positions are drawn.
 """
@@ -138,13 +137,19 @@ class LogitRows:
             NonFiniteLogitsError: a row holds NaN or ``+inf`` (at any id, never-sampled ones included).
         """
         chunk = self._rows(start, stop, buffers)
+        if self.never_ids is not None:  # check the few values the fill overwrites, then fill
+            self._check(chunk.index_select(1, self.never_ids).amax(dim=-1))
+            self._fill(chunk)
+        elif self.never_mask is not None:
+            self._check(chunk.amax(dim=-1))
+            self._fill(chunk)
         peak = chunk.amax(dim=-1, keepdim=True)  # NaN and +inf propagate through max
+        self._check(peak)
+        return chunk, peak
+
+    def _check(self, peak: torch.Tensor) -> None:
         if bool((torch.isnan(peak) | (peak == float("inf"))).any()):
             raise NonFiniteLogitsError(f"{self.origin} returned NaN or +inf logits{self.hint}")
-        if self.never_ids is not None or self.never_mask is not None:
-            self._fill(chunk)
-            peak = chunk.amax(dim=-1, keepdim=True)  # from cache: far cheaper than tracking the argmax above
-        return chunk, peak
 
     def materialize(self) -> torch.Tensor:
         """All rows as one float32 ``[P, V]`` tensor, checked and suppressed (for callers that need the tensor)."""
