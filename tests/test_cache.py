@@ -41,7 +41,7 @@ class KVLM(nn.Module):
             for p in self.parameters():
                 p.copy_(torch.randn(p.shape, generator=g) * (1.0 if p.ndim == 1 else 1.0 / math.sqrt(p.shape[-1])))
             self.lm_head.weight.mul_(3.0)
-        self.double()
+        self.double().eval()
         self.config = SimpleNamespace(model_type="Dream" if shifted else "llada", vocab_size=vocab_size,
                                       mask_token_id=MASK, max_sequence_length=max_len)
 
