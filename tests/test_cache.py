@@ -50,24 +50,24 @@ class KVLM(nn.Module):
 
     @property
     def device(self) -> torch.device:  # Fast-dLLM's functions read model.device
-        return torch.device("cpu")
+        return self.lm_head.weight.device
 
     def forward(self, input_ids, attention_mask=None, past_key_values=None, use_cache=False, replace_position=None):
         b, q = input_ids.shape
-        past, replace = past_key_values, None
+        past, replace, dev = past_key_values, None, input_ids.device
         if past is None:
-            qpos, n_keys = torch.arange(q), q
+            qpos, n_keys = torch.arange(q, device=dev), q
         elif replace_position is None:
-            qpos, n_keys = past[0][0].shape[-2] + torch.arange(q), past[0][0].shape[-2] + q
+            qpos, n_keys = past[0][0].shape[-2] + torch.arange(q, device=dev), past[0][0].shape[-2] + q
         else:
             replace = replace_position.nonzero(as_tuple=True)[1]
             qpos, n_keys = replace, past[0][0].shape[-2]
         h = self.emb(input_ids) + self.pos(qpos)
-        bias = torch.zeros(b, 1, q, n_keys, dtype=h.dtype)
+        bias = torch.zeros(b, 1, q, n_keys, dtype=h.dtype, device=dev)
         if attention_mask is not None:
             bias = bias + (1.0 - attention_mask[:, None, None, :].to(h.dtype)) * -1e9
         if self.causal:
-            bias = bias.masked_fill(torch.arange(n_keys)[None, :] > qpos[:, None], float("-inf"))
+            bias = bias.masked_fill(torch.arange(n_keys, device=dev)[None, :] > qpos[:, None], float("-inf"))
         presents = []
         for i, (qkv, out, ff) in enumerate(zip(self.qkv, self.out, self.ff)):
             qkv_heads = qkv(self.norms[2 * i](h)).view(b, q, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
