@@ -40,7 +40,7 @@ def test_profile_bf16_on_cuda_matches_cpu_within_error():
 @needs_cuda
 def test_kv_cache_on_cuda_is_exact_for_a_causal_model():
     """cache="prefix"/"dual" on the GPU: the same tokens as without a cache when no column sees later ones."""
-    from test_cache import PROMPTS, KVLM
+    from test_cache import KVLM, PROMPTS
 
     model = KVLM(seed=1, causal=True).float().cuda()
     kw = dict(gen_length=24, block_length=8, schedule=4, order="confidence", temperature=1.0, num_samples=2)
