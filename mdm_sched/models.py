@@ -350,7 +350,6 @@ class MaskedLM:
                          hint=f" (dtype {self.dtype}); run it in float32 (load_masked_lm(..., dtype=torch.float32)) "
                               "or check its weights")
 
-
     # -- KV cache (Fast-dLLM's interface) ---------------------------------------------------------
     def check_kv_cache(self, mode: CacheMode) -> None:
         """Raise a ValueError naming what this model lacks for ``generate(cache=mode)`` (``"prefix"``/``"dual"``).
@@ -419,7 +418,9 @@ class MaskedLM:
             if not self._pass_attention_mask:
                 raise ValueError(f"{type(self.model).__name__}.forward takes no attention_mask, so rows of different "
                                  "lengths cannot be batched: pass prompts of equal length (or batch them separately)")
-            kwargs["attention_mask"] = inputs.attention_mask.long()  # every key: cached and run columns
+            # every key, cached and run columns (HF / Fast-dLLM LLaDA convention). A family whose forward wants a 4-D
+            # mask needs it sliced to the run rows here too: [B, 1, end - start, W].
+            kwargs["attention_mask"] = inputs.attention_mask.long()
         if inputs.position_ids is not None:
             kwargs["position_ids"] = inputs.position_ids[:, start:end]
         if past is not None:
