@@ -24,7 +24,7 @@ from .schedules import Schedule, parse_spec, spec_from_json, spec_to_json
 from .validation import check_choice, check_float, check_int, check_optional_int, is_int
 
 if TYPE_CHECKING:
-    from ._types import ScheduleLike
+    from ._types import CacheMode, ScheduleLike
     from .profile import InformationProfile
 
 __all__ = ["MaskedGenerationConfig", "cli_fields", "CliSpec"]
@@ -76,6 +76,9 @@ class MaskedGenerationConfig(PretrainedJSON):
         stop_at_eos: ``True`` (the model's EOS id), an EOS id or a list of ids: fill everything after a committed EOS.
         stop_strings: a row is finished once its filled prefix decodes to text containing one of these.
         cfg_scale: LLaDA's unsupervised classifier-free guidance scale (0 = off; prompt masked in the second pass).
+        cache: Fast-dLLM's KV cache: ``"prefix"`` (later calls of a block run the block and what follows it) or
+            ``"dual"`` (the block alone), for models whose forward takes ``past_key_values``; ``None`` = no cache.
+            Approximate on bidirectional models (:mod:`mdm_sched.forward`); not with ``cfg_scale > 0``.
         return_history: keep ``(positions, tokens)`` of every call.
     """
 
@@ -119,6 +122,10 @@ class MaskedGenerationConfig(PretrainedJSON):
         "finish a row once its generated text contains one of these strings", CliSpec(nargs="+", metavar="TEXT")))
     cfg_scale: float = field(default=0.0, metadata=_meta(
         "LLaDA's unsupervised classifier-free guidance scale (0 = off)", CliSpec(parse=float)))
+    cache: CacheMode | None = field(default=None, metadata=_meta(
+        "Fast-dLLM's KV cache, refreshed at each block's first call: prefix reuses the keys/values of the columns "
+        "before the block, dual also those after it (approximate); unset recomputes everything (exact)",
+        CliSpec(choices=("prefix", "dual"))))
     return_history: bool = field(default=False, metadata=_meta(
         "keep the positions and tokens of every call in the output", None))
 
@@ -161,6 +168,11 @@ class MaskedGenerationConfig(PretrainedJSON):
         if strings is not None and (not all(isinstance(s, str) and s for s in strings) or not strings):
             raise ValueError(f"stop_strings must be a non-empty list of non-empty strings, got {self.stop_strings!r}")
         cfg_scale = check_float(self.cfg_scale, "cfg_scale", minimum=0.0, hint=" (0 = no guidance)")
+        if self.cache is not None:
+            check_choice(self.cache, "cache", ("prefix", "dual"))
+            if cfg_scale > 0:
+                raise ValueError(f"cache={self.cache!r} cannot be combined with classifier-free guidance "
+                                 f"(cfg_scale={cfg_scale:g}): use cfg_scale=0 or cache=None")
         sched = self.schedule
         if not isinstance(sched, (Schedule, RevealRule, str, list, tuple)) and not is_int(sched):
             raise TypeError("schedule must be a Schedule, a list of per-call sizes, an int (calls per block, constant "

@@ -41,10 +41,12 @@ import torch
 from torch import nn
 
 from . import assets
+from ._types import CacheMode, PastKeyValues
 from .compat import dtype_kwargs
 from .families import FAMILIES, LLADA_MASK_TOKEN_ID, Family, detect_family, family_of, get_family
 from .heads import PositionsHead, output_embeddings
 from .layout import Layout, ModelInputs, max_content_length
+from .logit_rows import LogitRows
 from .text import Conversation, TextCodec
 from .tokens import Framing, TokenPolicy, config_value, first_int
 
@@ -61,6 +63,14 @@ def _accepts(fn: Callable[..., object], name: str) -> bool:
     except (TypeError, ValueError):
         return False
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _parameters(fn: Callable[..., object]) -> frozenset[str]:
+    """Names of ``fn``'s parameters (empty when its signature cannot be read)."""
+    try:
+        return frozenset(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return frozenset()
 
 
 def _extract_logits(out: object) -> torch.Tensor:
@@ -306,30 +316,164 @@ class MaskedLM:
         Raises:
             ValueError: NaN or ``+inf`` logits, or rows longer than :attr:`max_length`.
         """
-        ids, attn, positions = self._check_inputs(input_ids, attention_mask, positions)
+        if positions is not None:
+            return self.logit_rows(input_ids, attention_mask, positions).materialize()
+        ids, attn, _ = self._check_inputs(input_ids, attention_mask, None)
         with torch.inference_mode(), self._eval_mode():
-            out = self._select_logits(self.layout(ids, attn), positions).float()
-            peak = out.amax(dim=-1)  # NaN and +inf propagate through max: no [P, V] boolean temporaries
-            if bool((torch.isnan(peak) | (peak == float("inf"))).any()):
-                raise ValueError(f"model {self.name_or_path or type(self.model).__name__} returned NaN or +inf logits "
-                                 f"(dtype {self.dtype}); run it in float32 (load_masked_lm(..., dtype=torch.float32)) "
-                                 "or check its weights")
-            if self._vocab_size is None:
-                self._vocab_size = int(out.shape[-1])
-            return out.masked_fill_(self.tokens.never_sampled(out.shape[-1], out.device), float("-inf"))
-
-    def _select_logits(self, inputs: ModelInputs, positions: torch.Tensor | None) -> torch.Tensor:
-        """Model-dtype logits at the requested content positions (``[P, V]``) or everywhere (``[B, L, V]``)."""
-        if positions is None:
+            inputs = self.layout(ids, attn)
             full = self._forward(inputs.input_ids, inputs.attention_mask, inputs.position_ids)
-            return full.gather(1, inputs.index.unsqueeze(-1).expand(-1, -1, full.shape[-1]))
-        rows, cols = positions.nonzero(as_tuple=True)
-        model_cols = inputs.index[rows, cols]
-        at = self.head.logits_at(self._forward, inputs, rows, model_cols)
-        if at is not None:
-            return at
-        full = self._forward(inputs.input_ids, inputs.attention_mask, inputs.position_ids)
-        return full[rows, model_cols]
+            out = full.gather(1, inputs.index.unsqueeze(-1).expand(-1, -1, full.shape[-1]))
+            b, length, vocab = out.shape
+            flat = self._rows(out.reshape(b * length, vocab), None).materialize()
+            return flat.view(b, length, vocab)
+
+    def logit_rows(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                   positions: torch.Tensor) -> LogitRows:
+        """The logits at ``positions.nonzero()`` (row-major) as :class:`~mdm_sched.logit_rows.LogitRows`: the model's
+        output, not yet copied, converted, checked or suppressed (that happens chunk by chunk as the draw reads it).
+
+        Same arguments and meaning as :meth:`logits` with ``positions``; ``logit_rows(...).materialize()`` is
+        ``logits(..., positions=positions)``.
+        """
+        ids, attn, positions = self._check_inputs(input_ids, attention_mask, positions)
+        assert positions is not None
+        with torch.inference_mode(), self._eval_mode():
+            inputs = self.layout(ids, attn)
+            rows, cols = positions.nonzero(as_tuple=True)
+            model_cols = inputs.index[rows, cols]
+            at = self.head.logits_at(self._forward, inputs, rows, model_cols)
+            if at is not None:
+                return self._rows(at, None)
+            full = self._forward(inputs.input_ids, inputs.attention_mask, inputs.position_ids)
+            return self._rows(full.reshape(-1, full.shape[-1]), rows * full.shape[1] + model_cols)
+
+    def _rows(self, source: torch.Tensor, index: torch.Tensor | None) -> LogitRows:
+        """Rows of this model's logits, suppressed and checked as they are read."""
+        vocab = source.shape[-1]
+        if self._vocab_size is None:
+            self._vocab_size = int(vocab)
+        name = self.name_or_path or type(self.model).__name__
+        return LogitRows(source, index, self.tokens.never_sampled(vocab, source.device), origin=f"model {name}",
+                         hint=f" (dtype {self.dtype}); run it in float32 (load_masked_lm(..., dtype=torch.float32)) "
+                              "or check its weights")
+
+    # -- KV cache (Fast-dLLM's interface) ---------------------------------------------------------
+    def check_kv_cache(self, mode: CacheMode) -> None:
+        """Raise a ValueError naming what this model lacks for ``generate(cache=mode)`` (``"prefix"``/``"dual"``).
+
+        A cached call runs only some columns of the canvas and passes the keys and values of the others as
+        ``past_key_values``: the forward must accept ``past_key_values`` and ``use_cache`` (and ``replace_position``
+        for ``"dual"``), as Fast-dLLM's LLaDA and Dream modeling files do, and content columns must be model columns
+        (no framing tokens, no re-laid-out rows).
+        """
+        name = type(self.model).__name__
+        if self.layout.n_framing or self.family_spec.right_pad:
+            raise ValueError(f"cache={mode!r}: {name} is a {self.family}-family model whose rows are re-laid out around "
+                             "framing tokens, so cached columns would not line up with the canvas; use cache=None")
+        needed = ["past_key_values", "use_cache"] + (["replace_position"] if mode == "dual" else [])
+        missing = [arg for arg in needed if not _accepts(self.model.forward, arg)]
+        if missing:
+            raise ValueError(f"cache={mode!r} needs a model whose forward accepts {', '.join(needed)} (Fast-dLLM's "
+                             f"modeling_llada.py / modeling_dream.py); {name}.forward has no {', '.join(missing)}")
+
+    def kv_columns(self, lo: int, hi: int) -> tuple[int, int]:
+        """Model columns a cached call must run so that content columns ``[lo, hi)`` get fresh tokens and logits
+        (one more on the left for families whose logits at ``i`` predict ``i + 1``)."""
+        shift = 1 if self.family_spec.shifted_logits and lo > 0 else 0
+        return lo - shift, hi
+
+    def kv_logit_rows(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, positions: torch.Tensor, *,
+                      span: tuple[int, int] | None = None, past: PastKeyValues | None = None,
+                      replace: bool = False) -> tuple[LogitRows, PastKeyValues]:
+        """One model call that fills or uses a KV cache: (logits at ``positions.nonzero()``, the returned cache).
+
+        Args:
+            input_ids, attention_mask, positions: as for :meth:`logit_rows` (the whole canvas).
+            span: model columns ``[start, end)`` to run (from :meth:`kv_columns`); ``None``: every column, with
+                ``use_cache=True``, to fill the cache. The attention mask, when rows are padded, covers every column.
+            past: the cache for the columns not run: those before ``start`` (``replace=False``, Fast-dLLM's prefix
+                cache), or every column (``replace=True``, the dual cache: the model replaces the span's entries, told
+                by ``replace_position``, a ``[1, W]`` mask because the span is the same for every row).
+        """
+        if (span is None) != (past is None):
+            raise ValueError("kv_logit_rows: pass span and past together (or neither, to fill the cache)")
+        ids, attn, positions = self._check_inputs(input_ids, attention_mask, positions)
+        assert positions is not None
+        with torch.inference_mode(), self._eval_mode():
+            inputs = self.layout(ids, attn)
+            start, end = span if span is not None else (0, inputs.input_ids.shape[1])
+            rows, cols = positions.nonzero(as_tuple=True)
+            local = inputs.index[rows, cols] - start
+            if local.numel() and (int(local.min()) < 0 or int(local.max()) >= end - start):
+                raise ValueError(f"kv_logit_rows: positions read model columns outside the span [{start}, {end})")
+            query = inputs.input_ids[:, start:end]
+            call = _CachedCall(self, query, self._kv_kwargs(inputs, start, end, past, replace))
+            at = None
+            if past is None or self.head.state == "verified":  # the head is verified on a full call only
+                sliced = ModelInputs(query, inputs.attention_mask, call.kwargs.get("position_ids"), inputs.index)
+                at = self.head.logits_at(call, sliced, rows, local)
+            if at is not None:
+                return self._rows(at, None), call.past()
+            logits = call(query, None, None)
+            return self._rows(logits.reshape(-1, logits.shape[-1]), rows * logits.shape[1] + local), call.past()
+
+    def _kv_kwargs(self, inputs: ModelInputs, start: int, end: int, past: PastKeyValues | None,
+                   replace: bool) -> dict[str, Any]:
+        """Keyword arguments of a cached call on model columns ``[start, end)``."""
+        kwargs: dict[str, Any] = {"use_cache": True}
+        if inputs.attention_mask is not None:
+            if not self._pass_attention_mask:
+                raise ValueError(f"{type(self.model).__name__}.forward takes no attention_mask, so rows of different "
+                                 "lengths cannot be batched: pass prompts of equal length (or batch them separately)")
+            # every key, cached and run columns (HF / Fast-dLLM convention); a pairwise [B, 1, W, W] mask (Dream)
+            # keeps only the run columns' query rows, as Fast-dLLM's Dream slices it
+            mask = self.layout.forward_mask(inputs.attention_mask)
+            kwargs["attention_mask"] = mask[:, :, start:end, :] if mask is not None and mask.ndim == 4 else mask
+        if inputs.position_ids is not None:
+            kwargs["position_ids"] = inputs.position_ids[:, start:end]
+        if past is not None:
+            kwargs["past_key_values"] = past
+            if replace:
+                where = torch.zeros((1, inputs.input_ids.shape[1]), dtype=torch.bool, device=inputs.input_ids.device)
+                where[:, start:end] = True
+                kwargs["replace_position"] = where
+                if "dual_cache" in _parameters(self.model.forward):  # Fast-dLLM's Dream also wants the flag
+                    kwargs["dual_cache"] = True
+        return kwargs
+
+
+class _CachedCall:
+    """The module called on ``query`` with cache arguments (any other ids, e.g. the head's verification probe,
+    get a plain call); keeps the cache the call returns."""
+
+    def __init__(self, mlm: MaskedLM, query: torch.Tensor, kwargs: dict[str, Any]) -> None:
+        self.mlm, self.query, self.kwargs = mlm, query, kwargs
+        self._past: PastKeyValues | None = None
+
+    def __call__(self, ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                 position_ids: torch.Tensor | None) -> torch.Tensor:
+        if ids is not self.query:
+            return self.mlm._forward(ids, attention_mask, position_ids)
+        name = type(self.mlm.model).__name__
+        try:
+            out = self.mlm.model(ids, **self.kwargs)
+        except AssertionError as exc:  # e.g. the original LLaDA modeling file: "The kvcache is not supported for MDM."
+            raise ValueError(f"{name}.forward refused a KV cache ({exc}); use a modeling file that supports it "
+                             "(Fast-dLLM's) or cache=None") from exc
+        past = out.get("past_key_values") if isinstance(out, dict) else getattr(out, "past_key_values", None)
+        if past is None:
+            raise ValueError(f"{name} returned no past_key_values with use_cache=True; cache= needs a forward that "
+                             "returns per-layer (key, value) tensors (Fast-dLLM's modeling files)")
+        if not isinstance(past, (list, tuple)) or not all(
+                isinstance(layer, (list, tuple)) and all(isinstance(t, torch.Tensor) for t in layer) for layer in past):
+            raise TypeError(f"{name} returned past_key_values of type {type(past).__name__}; cache= needs per-layer "
+                            "(key, value) tensors with the sequence on dimension -2 (Fast-dLLM's format)")
+        self._past = past
+        return _extract_logits(out)
+
+    def past(self) -> PastKeyValues:
+        assert self._past is not None
+        return self._past
 
 
 # --------------------------------------------------------------------------------------------------

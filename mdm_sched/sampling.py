@@ -139,7 +139,7 @@ def generate(model: ModelLike, prompts: PromptLike | None = None, *,
         **settings: any :class:`~mdm_sched.config.MaskedGenerationConfig` field: ``gen_length``, ``schedule``
             (a Schedule, sizes, an int = calls *per block*, a builder name with ``steps``, or a reveal rule),
             ``steps``, ``profile``, ``num_samples``, ``order``, ``temperature``, ``top_k``, ``top_p``,
-            ``block_length``, ``stop_at_eos``, ``stop_strings``, ``cfg_scale``, ``return_history``.
+            ``block_length``, ``stop_at_eos``, ``stop_strings``, ``cfg_scale``, ``cache``, ``return_history``.
 
     Returns:
         :class:`GenerationOutput`.
@@ -221,7 +221,7 @@ def _generate(mlm: MaskedLM, prompts: PromptLike | None, cfg: MaskedGenerationCo
     hooks.check(canvas.x.shape[0])
     loop = _Loop(mlm=mlm, cfg=cfg, canvas=canvas, rule=rule, order=get_order(cfg.order),
                  rng=Randomness(generator, canvas.x.shape[0], canvas.x.device), stopping=_stopping(mlm, cfg),
-                 forward=make_forward(mlm, cfg.cfg_scale), hooks=hooks, history=[] if cfg.return_history else None)
+                 forward=make_forward(mlm, cfg.cfg_scale, cfg.cache), hooks=hooks, history=[] if cfg.return_history else None)
     planned = [rule.planned_calls(b.length) for b in blocks]
     if progress:
         from tqdm.auto import tqdm
