@@ -480,7 +480,8 @@ def _save_checkpoint(path: Path, fingerprint: dict[str, Any], progress: _Progres
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _load_checkpoint(path: Path, fingerprint: dict[str, Any], n_levels: int) -> _Progress | None:
+def _load_checkpoint(path: Path, fingerprint: dict[str, Any], n_levels: int,
+                     accumulator: type[Accumulator] | None = None) -> _Progress | None:
     """The progress saved in ``path`` (None if there is no file); refuses other arguments or corrupted files."""
     if not path.exists():
         return None
@@ -502,7 +503,7 @@ def _load_checkpoint(path: Path, fingerprint: dict[str, Any], n_levels: int) -> 
         raise ValueError(f"checkpoint {path} was made with different arguments ({'; '.join(diff)}); rerun with the "
                          "same arguments to resume, or delete the file / pass another checkpoint= path to start over")
     try:  # a version-1 file also holds "planned": the token sums again, not needed
-        return _Progress(Accumulator.from_arrays(arrays, n_levels), int(header["next_batch"]),
+        return _Progress((accumulator or Accumulator).from_arrays(arrays, n_levels), int(header["next_batch"]),
                          int(header.get("forwards", 0)))
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"checkpoint {path} is corrupted ({exc}); delete it to start over") from exc
@@ -616,8 +617,9 @@ _PROMPT_HANDLING = {
 }
 
 
-def _metadata(run: _Run, progress: _Progress, mc: np.ndarray, data_description: str | None) -> dict[str, Any]:
-    mlm, h, s = run.mlm, run.heldout, run.settings
+def run_metadata(mlm: MaskedLM, h: _Heldout, s: _Settings, *, order: str, forwards: int, processes: int,
+                 mc: np.ndarray, data_description: str | None) -> dict[str, Any]:
+    """The metadata every estimated profile carries (model, data, conditioning, order, lengths, run settings)."""
     config = getattr(mlm.model, "config", None)
     return {"model": mlm.name_or_path or type(mlm.model).__name__, "model_class": type(mlm.model).__name__,
             "family": mlm.family, "revision": getattr(config, "_commit_hash", None), "config_hash": mlm.config_hash,
@@ -625,13 +627,19 @@ def _metadata(run: _Run, progress: _Progress, mc: np.ndarray, data_description: 
             "sequences": h.counts["kept"], "sequences_dropped": h.counts["dropped"],
             "sequences_cropped": h.counts["cropped"], "sequence_tokens": h.n, "prompt_length": s.prompt_length,
             "prompt_handling": _PROMPT_HANDLING[h.ex.kind], "conditioning": h.ex.conditioning(),
-            "order": "random", "source": "heldout",
+            "order": order, "source": "heldout",
             "block_length": s.block_length, "lengths": h.lengths(), "batch_size": s.batch_size,
-            "stop": run.rule.metadata(), "seed": s.seed, "forwards": progress.forwards, "processes": run.dist.world,
+            "seed": s.seed, "forwards": forwards, "processes": processes,
             "dtype": str(mlm.dtype).replace("torch.", ""),
             "mc_se": [float(v) if math.isfinite(v) else None for v in mc[:, 0].tolist()],
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "library_version": _library_version()}
+
+
+def _metadata(run: _Run, progress: _Progress, mc: np.ndarray, data_description: str | None) -> dict[str, Any]:
+    meta = run_metadata(run.mlm, run.heldout, run.settings, order="random", forwards=progress.forwards,
+                        processes=run.dist.world, mc=mc, data_description=data_description)
+    return dict(meta, stop=run.rule.metadata())
 
 
 def _profile(run: _Run, progress: _Progress, data_description: str | None) -> InformationProfile:
