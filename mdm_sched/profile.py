@@ -286,7 +286,7 @@ class InformationProfile:
         prompt = f", prompt_length={m['prompt_length']}" if m.get("prompt_length") else ""
         cond = f", conditioning={self.conditioning}" if self.conditioning not in ("none",) and not prompt else ""
         kind = f"{self.order}-order policy profile" if self.kind == "policy" else "profile"
-        src = " (self: the model's own samples)" if self.source == "self" else ""
+        src = " (self: the model's own samples)" if self.source == "self" and "self" not in str(data) else ""
         return (f"{kind} of {model} on {data}{src}: n_tokens={m.get('sequence_tokens', self._n_tokens)}{block}{prompt}"
                 f"{cond}, {self.levels.size} levels, {int(self.tokens.sum())} tokens")
 
