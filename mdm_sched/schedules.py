@@ -468,7 +468,7 @@ def optimal(curve_or_profile: Any, steps: int, max_tokens_per_step: int | None =
     if _is_policy(curve_or_profile):
         return _optimal_policy(curve_or_profile, steps, max_tokens_per_step, n_tokens)
     if hasattr(curve_or_profile, "curve") and n_tokens is None:
-        n_tokens = curve_or_profile.n_tokens
+        n_tokens = getattr(curve_or_profile, "n_tokens", None)  # a profile: its measured length
     curve = _as_curve(curve_or_profile, n_tokens, argname="curve_or_profile")
     _check_nonincreasing(curve, "curve_or_profile")
     n, t = _check_steps(curve.size, steps)
@@ -514,7 +514,7 @@ def sqrt_rule(curve_or_profile: Any, steps: int, *, n_tokens: int | None = None)
         raise ValueError("the sqrt rule needs a random-order profile; for an ordering-aware (policy) profile use "
                          "schedules.optimal (the exact DP on its block costs)")
     if hasattr(curve_or_profile, "curve") and n_tokens is None:
-        n_tokens = curve_or_profile.n_tokens
+        n_tokens = getattr(curve_or_profile, "n_tokens", None)  # a profile: its measured length
     curve = _as_curve(curve_or_profile, n_tokens, argname="curve_or_profile")
     _check_nonincreasing(curve, "curve_or_profile")
     n, t = _check_steps(curve.size, steps)
