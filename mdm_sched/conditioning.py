@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from ._types import DataLike
     from .models import MaskedLM
 
-__all__ = ["Examples", "KINDS", "from_columns", "from_chat", "render_chat"]
+__all__ = ["Examples", "KINDS", "from_columns", "from_chat", "render_chat", "chat_pair"]
 
 #: What an example set conditions on.
 KINDS = ("none", "prompt", "infill")
@@ -267,7 +267,11 @@ def from_columns(data: DataLike, prompt_column: str, response_column: str, *, en
     """
     prompts, responses = _column(data, prompt_column), _column(data, response_column)
     if chat_tokenizer is not None:
-        prompts = [render_chat(chat_tokenizer, [{"role": "user", "content": p}]) for p in prompts]
+        if not all(isinstance(v, str) for v in [*prompts, *responses]):
+            raise ValueError("chat rendering needs text prompts and responses (the template works on strings)")
+        pairs = [chat_pair(chat_tokenizer, [{"role": "user", "content": p}, {"role": "assistant", "content": r}])
+                 for p, r in zip(prompts, responses)]
+        prompts, responses = [p for p, _ in pairs], [r for _, r in pairs]
     desc = description or f"{type(data).__name__} ({prompt_column} -> {response_column}{', chat' if chat_tokenizer else ''})"
     return Examples.from_pairs(_encode_all(prompts, encode, "prompt"), _encode_all(responses, encode, "response"),
                                n_tokens=n_tokens, pad_id=pad_id, description=desc, stacklevel=3)
@@ -282,10 +286,25 @@ def render_chat(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> str:
     return str(apply(list(messages), add_generation_prompt=True, tokenize=False))
 
 
+def chat_pair(tokenizer: Any, conversation: Sequence[Mapping[str, str]]) -> tuple[str, str]:
+    """``(prompt text, response text)`` of a conversation whose last message is the response.
+
+    The prompt is the earlier messages rendered with the generation prompt; the response is what the template
+    writes after it for the last message (its content and end-of-turn marker: what the model generates), or
+    the bare content when the template does not render the prompt as a prefix of the whole conversation.
+    """
+    prompt = render_chat(tokenizer, conversation[:-1])
+    full = str(tokenizer.apply_chat_template(list(conversation), tokenize=False))
+    if full.startswith(prompt) and len(full) > len(prompt):
+        return prompt, full[len(prompt):]
+    return prompt, str(conversation[-1]["content"])
+
+
 def from_chat(data: DataLike, tokenizer: Any, *, encode: Encode, messages_column: str = "messages",
               n_tokens: int | None = None, pad_id: int | None = None, description: str | None = None) -> Examples:
     """Chat conversations: the last message (the assistant's) is generated, the earlier ones rendered with the
-    chat template are the prompt. ``encode`` turns the rendered text into ids (``MaskedLM.encode``)."""
+    chat template are the prompt (:func:`chat_pair`). ``encode`` turns the rendered text into ids
+    (``MaskedLM.encode``); ``n_tokens``/``pad_id`` crop and pad responses (:meth:`Examples.from_pairs`)."""
     convs = _column(data, messages_column)
     prompts, responses = [], []
     for i, conv in enumerate(convs):
@@ -295,8 +314,9 @@ def from_chat(data: DataLike, tokenizer: Any, *, encode: Encode, messages_column
         if conv[-1].get("role") != "assistant":
             raise ValueError(f"conversation {i}: the last message must be the assistant's (the response to score), "
                              f"got role {conv[-1].get('role')!r}")
-        prompts.append(render_chat(tokenizer, conv[:-1]))
-        responses.append(str(conv[-1]["content"]))
+        prompt, response = chat_pair(tokenizer, conv)
+        prompts.append(prompt)
+        responses.append(response)
     desc = description or f"{type(data).__name__} ({messages_column}, chat template)"
     return Examples.from_pairs(encode(prompts), encode(responses), n_tokens=n_tokens, pad_id=pad_id,
                                description=desc, stacklevel=3)

@@ -188,14 +188,16 @@ def test_chat_and_column_data_render_and_score_only_responses():
     assert ex.kind == "prompt" and ex.n_targets.tolist() == [4, 4]
     first = ex.ids[0, :int(ex.widths[0])].tolist()
     assert tok.convert_ids_to_tokens(first) == ["<bos>", "<user>", "w1", "w2", "w3", "<eot>", "<assistant>",
-                                                "w4", "w5", "</s>", "</s>"]
+                                                "w4", "w5", "<eot>", "</s>"]  # the reply as the template writes it
+    assert tok.convert_ids_to_tokens(ex.ids[1, int(ex.widths[1]) - 4:int(ex.widths[1])].tolist()) == [
+        "w10", "w11", "w12", "<eot>"]
     assert ex.target[0, :int(ex.widths[0])].tolist() == [False] * 7 + [True] * 4
     cols = from_columns({"q": ["w1 w2", "w3"], "a": ["w4", "w5 w6 w7"]}, "q", "a", encode=model.encode,
                         chat_tokenizer=tok)
-    assert cols.n_targets.tolist() == [1, 3] and tok.decode(cols.ids[1, :int(cols.widths[1])]).startswith("<bos>")
+    assert cols.n_targets.tolist() == [2, 4] and tok.decode(cols.ids[1, :int(cols.widths[1])]).startswith("<bos>")
     prof = estimate_profile(model, {"messages": convs * 8}, chat=True, n_tokens=4, levels=2, tokens_per_level=40,
                             batch_size=4, progress=False)  # special tokens in prompts are fine: never scored
-    assert prof.conditioning == "prompt" and prof.n_tokens == 3 and prof.lengths == [2, 3]  # unpadded responses
+    assert prof.conditioning == "prompt" and prof.n_tokens == 4 and prof.lengths == [3, 4]  # unpadded responses
     with pytest.raises(ValueError, match="assistant"):
         from_chat({"messages": [convs[0][:1] + [{"role": "user", "content": "w1"}]]}, tok, encode=model.encode)
     with pytest.raises(ValueError, match="chat template"):
