@@ -480,17 +480,29 @@ class InformationProfile:
         fig = new_figure((7.0, 4.5), dpi=120)
         ax = fig.add_subplot(1, 1, 1)
         x = self.fractions
+        policy = self.rank_ce is not None
         ax.errorbar(x, self.ce, yerr=np.nan_to_num(self.se), fmt="o", ms=3, capsize=2, color="C0",
-                    label="cross-entropy (± SE)")
-        fine = self.curve()
-        ax.plot(np.arange(self._n_tokens) / self._n_tokens, fine, "-", color="C0", lw=1.2, label="isotonic fit")
+                    label="CE of the top-ranked position, CE_1(K) (± SE)" if policy else "cross-entropy (± SE)")
+        if policy:
+            self._plot_ranks(ax)
+        else:
+            fine = self.curve()
+            ax.plot(np.arange(self._n_tokens) / self._n_tokens, fine, "-", color="C0", lw=1.2, label="isotonic fit")
         if np.all(np.isfinite(self.entropy)):
             ax.errorbar(x, self.entropy, yerr=np.nan_to_num(self.entropy_se), fmt="s", ms=3, capsize=2,
                         color="C1", alpha=0.8, label="predictive entropy (± SE)")
-        ax.set_xlabel("visible fraction i / N")
+        ax.set_xlabel("visible fraction K / N" + (f" ({self.order}-order path)" if policy else ""))
         ax.set_ylabel("nats per masked token")
         ax.set_xlim(-0.02, 1.0)
         ax.grid(alpha=0.3)
-        ax.legend(loc="upper right", fontsize=8)
+        ax.legend(loc="best" if policy else "upper right", fontsize=7 if policy else 8)
         ax.set_title(title or self.description, fontsize=8)
         atomic_write_png(fig, path)
+
+    def _plot_ranks(self, ax: Any) -> None:
+        """Policy profiles: the fitted rank table, one line per rank r = 1, 2, 4, 8, ... (CE_r(K) against K / N)."""
+        fit = self.fitted_ranks()
+        ranks = [r for r in (2 ** np.arange(12)).tolist() if r <= self._n_tokens]
+        for i, r in enumerate(ranks):
+            ok = np.isfinite(fit[:, r - 1])
+            ax.plot(self.fractions[ok], fit[ok, r - 1], "-", lw=1.0, color=f"C{(i + 2) % 10}", label=f"CE_{r}(K), fitted")
