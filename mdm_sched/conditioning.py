@@ -120,6 +120,12 @@ class Examples:
                 "context_lengths": [int(ctx.min()), int(ctx.max())], "mean_context_length": round(float(ctx.mean()), 3),
                 "description": self.description}
 
+    def masked_rows(self, mask_token_id: int) -> list[list[int]]:
+        """Each example with its generated positions replaced by ``mask_token_id``: the prompts to infill with
+        ``mdm_sched.generate(model, prompts=..., gen_length=0)`` (the context given, the targets to generate)."""
+        x = self.ids.masked_fill(self.target, int(mask_token_id))
+        return [row[:int(w)].tolist() for row, w in zip(x, self.widths)]
+
     def select(self, keep: torch.Tensor) -> Examples:
         """The examples where ``keep`` (bool ``[M]``) is True, trimmed to their widest row."""
         w = int(self.widths[keep].max()) if bool(keep.any()) else 0

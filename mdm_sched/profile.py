@@ -383,13 +383,15 @@ class InformationProfile:
         """``J(constant) / J(optimal)`` for ``steps`` calls on the fitted curve (>= 1; 1 means no gain).
 
         Warns when the profile is flat within its error: the fitted curve is then a noise staircase that
-        the optimum can exploit, so the ratio says nothing (any schedule is as good as constant).
+        the optimum can exploit, so the ratio says nothing (any schedule is as good as constant). Policy
+        profiles: the ratio of their costs ``J`` (:func:`mdm_sched.schedules.cost`); ``CE_1(K)`` of an ordered
+        sampler need not fall, so the flatness check does not apply.
         """
+        if self.rank_ce is not None:
+            return _schedules.predicted_gain(self, steps, n_tokens=n_tokens or self._n_tokens)
         if self.drop_z < 3.0:
             warnings.warn(f"the profile drops by only {self.drop_z:.1f} standard errors from no to full context: "
                           "the model barely uses context, so predicted gains are not meaningful", stacklevel=2)
-        if self.rank_ce is not None:
-            return _schedules.predicted_gain(self, steps, n_tokens=n_tokens or self._n_tokens)
         return _schedules.predicted_gain(self.curve(n_tokens), steps)
 
     def bound(self, schedule: _schedules.Schedule | Sequence[int]) -> float:

@@ -8,6 +8,7 @@ cross-entropy curve ``CE(i)``, ``i = 0..N-1`` (or on an :class:`~mdm_sched.Infor
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -589,6 +590,9 @@ def predicted_gain(curve: Any, steps: int, *, n_tokens: int | None = None) -> fl
         n = curve.n_tokens if n_tokens is None else n_tokens
         j_const, j_opt = cost(curve, constant(n, steps)), cost(curve, optimal(curve, steps, n_tokens=n))
         if j_opt <= 0.0:
+            warnings.warn(f"the policy profile predicts the optimal {steps}-call schedule to lose nothing against one "
+                          f"token per call (J = {j_opt:.3g} <= 0): the ratio is not meaningful; compare the costs J "
+                          "(schedules.cost) instead", UserWarning, stacklevel=3)
             return 1.0 if j_const <= j_opt else math.inf
         return j_const / j_opt
     c = _as_curve(curve, n_tokens)

@@ -135,6 +135,11 @@ def test_infilling_profile_equals_the_exact_conditional_profile():
     assert prof.conditioning == "infill" and prof.n_tokens == 3
     assert np.all(np.abs(prof.ce - exact) < 4.5 * prof.se), (prof.ce, exact, prof.se)
     assert exact[0] < tab.entropy_profile()[2]  # the frame informs: infilling is easier than generating from scratch
+    # the same examples as infilling prompts for generate(): the frame is kept, the region filled
+    ex = Examples.from_region(data[:4], 1, 4)
+    out = ms.generate(tab, prompts=ex.masked_rows(tab.mask_token_id), gen_length=0, schedule=2,
+                      generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out.sequences[:, [0, 4]], ex.ids[:, [0, 4]]) and not (out.sequences == tab.mask_token_id).any()
 
 
 def test_conditional_resume_is_exact(chain, tmp_path, monkeypatch):
@@ -284,3 +289,38 @@ def test_region_conditional_antiberty_profile_is_easier_than_unconditional():
     assert region.n_tokens == 39 and region.conditioning == "infill" and region.rows.tolist() == [48, 48]
     assert region.ce[0] < plain.ce[0] - 0.5  # nothing of the region visible, but the frame is
     assert region.ce[1] < region.ce[0]
+
+
+def test_cli_profile_conditioning_order_and_self(tmp_path, capsys):
+    import argparse
+    import json
+
+    from mdm_sched.cli import add_profile_arguments, profile_command
+
+    if not ms.assets.available().get("sapiens-vh"):
+        pytest.skip("sapiens not installed")
+    parser = argparse.ArgumentParser()
+    add_profile_arguments(parser)
+    base = ["--model", "sapiens-vh", "--levels", "3", "--batch-size", "8", "--no-progress", "--gain-steps", "2"]
+    out = tmp_path / "region.json"
+    args = parser.parse_args(base + ["--data", "antibody-germlines:human:H:test", "--region", "40:46", "--order",
+                                     "confidence", "--max-batches", "1", "--out", str(out)])
+    assert profile_command(args) == 0
+    prof = ms.InformationProfile.load(out)
+    assert prof.kind == "policy" and prof.conditioning == "infill" and prof.n_tokens == 6 and prof.rows[0] == 8
+    assert "predicted gain" in capsys.readouterr().out
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"p": "EVQLVESGGGLVQPGGSLRLSCAAS", "r": r}) + "\n"
+                             for r in ("GFTFSSYAMS", "GFTFSDYY", "GYTFTSYGIS") * 4))
+    args = parser.parse_args(base + ["--data", str(pairs), "--prompt-column", "p", "--response-column", "r",
+                                     "--tokens-per-level", "40", "--out", str(tmp_path / "pairs.json")])
+    assert profile_command(args) == 0
+    prof = ms.InformationProfile.load(tmp_path / "pairs.json")
+    assert prof.conditioning == "prompt" and prof.lengths == [8, 10] and prof.metadata["sequences"] == 12
+    args = parser.parse_args(base + ["--data", "antibody-germlines:human:H:test", "--n-tokens", "12",
+                                     "--self-samples", "8", "--tokens-per-level", "24", "--out", str(tmp_path / "s.json")])
+    assert profile_command(args) == 0
+    prof = ms.InformationProfile.load(tmp_path / "s.json")
+    assert prof.source == "self" and prof.n_tokens == 12 and prof.metadata["self_sampler"]["num_samples"] == 8
+    with pytest.raises(ValueError, match="START:STOP"):
+        profile_command(parser.parse_args(base + ["--data", "x", "--region", "5", "--out", str(out)]))
