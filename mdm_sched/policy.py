@@ -45,9 +45,13 @@ linearly between levels (in visible fraction) and ranks (in rank fraction for an
 (prompt, infilling frame) is visible in every state; every example must generate the same number of positions
 (pad responses, as LLaDA/Dream do with EOS). Rounds, checkpoints and processes work as in
 :mod:`mdm_sched.estimate`: a whole example walk is the unit of work, dealt round-robin, so K processes give
-exactly the 1-process profile. **Self profile**: the same table on samples of the model's own N-call ordered
-sampler ``q_1`` (:func:`sample_walks`, :mod:`mdm_sched.self_profile`) gives ``L(1..1) = H(q_1)`` and
-``J(k) = KL(q_1 || q_k)`` up to the same state approximation.
+exactly the 1-process profile. ``metadata["state_overlap"]`` measures how much the states depend on the
+schedule that reached them (THEORY.md section 7): at each level ``K``, the mean fraction of the path's ``K``
+visible positions that are among the top ``K`` of the first state (1: one block of ``K`` from the start would
+reach the same state). :func:`ordered_nll` gives the exact held-out NLL of the ordered T-call sampler for any
+schedule (``T`` forwards per example), to check a prediction. **Self profile**: the same table on samples
+of the model's own N-call ordered sampler ``q_1`` (:func:`sample_walks`, :mod:`mdm_sched.self_profile`) gives
+``L(1..1) = H(q_1)`` and ``J(k) = KL(q_1 || q_k)`` up to the same state approximation.
 """
 from __future__ import annotations
 
@@ -72,7 +76,7 @@ if TYPE_CHECKING:
     from .profile import InformationProfile
 
 __all__ = ["POLICY_ORDERS", "position_scores", "block_costs", "walk", "sample_walks", "estimate_policy",
-           "RankAccumulator"]
+           "RankAccumulator", "ordered_nll", "OrderedNLL"]
 
 #: Orders with a policy profile (random order has the ordinary profile).
 POLICY_ORDERS = ("confidence", "margin", "entropy")
@@ -126,10 +130,14 @@ def block_costs(ranks: np.ndarray, levels: np.ndarray, n_measured: int, n: int) 
 @dataclass
 class WalkResult:
     """What one batch walk recorded: per-row rank-1 ``(ce, entropy, accuracy)`` at each level ``[levels, r, 3]``,
-    per-rank CE summed over the rows ``[levels, n_eff]``, and the final ids ``[r, W]`` (the samples, when sampling)."""
+    per-rank CE summed over the rows ``[levels, n_eff]``, the overlap of each level's state with the top ``K``
+    of the first state summed over the rows ``[levels]``, each row's teacher-forced loss along the path ``[r]``
+    (nats), and the final ids ``[r, W]`` (the samples, when sampling)."""
 
     stats: torch.Tensor
     rank_sums: torch.Tensor
+    overlap: torch.Tensor
+    path_loss: torch.Tensor
     ids: torch.Tensor
 
 
@@ -147,68 +155,122 @@ def _block_layout(rows: Rows, block_length: int | None, gen: torch.Generator) ->
 
 
 def _record(logp: torch.Tensor, true: torch.Tensor, rank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row rank-1 ``(ce, entropy, accuracy)`` ``[r, 3]`` and per-rank CE summed over rows ``[m]``."""
-    r = logp.shape[0]
-    ce = -logp.gather(2, true.unsqueeze(-1)).squeeze(-1)  # [r, m]
+    """From log-probs ``[r, m, V]`` and true tokens ``[r, m]`` (column order) and the ranking ``[r, m]``: per-row
+    rank-1 ``(ce, entropy, accuracy)`` ``[r, 3]`` and per-rank CE summed over rows ``[m]``."""
+    ce = (-logp.gather(2, true.unsqueeze(-1)).squeeze(-1)).gather(1, rank)  # [r, m], rank order
     if not bool(torch.isfinite(ce).all()):
         raise ValueError("a data token got probability 0 under the model (infinite cross-entropy): the data contain "
                          "tokens the adapter suppresses; strip special tokens from the data")
-    ranked = ce.gather(1, rank)
-    top = rank[:, 0]
-    rows = torch.arange(r)
-    ent = torch.special.entr(logp[rows, top].exp()).sum(-1)
-    acc = logp[rows, top].argmax(-1) == true[rows, top]
-    return torch.stack([ranked[:, 0].double(), ent.double(), acc.double()], 1).cpu(), ranked.double().sum(0).cpu()
+    top = logp[torch.arange(logp.shape[0]), rank[:, 0]]  # [r, V]
+    acc = top.argmax(-1) == true.gather(1, rank[:, :1]).squeeze(1)
+    ent = torch.special.entr(top.exp()).sum(-1)
+    return torch.stack([ce[:, 0].double(), ent.double(), acc.double()], 1).cpu(), ce.double().sum(0).cpu()
 
 
 def walk(mlm: MaskedLM, rows: Rows, order: str, levels: np.ndarray, *, n_eff: int, block_length: int | None,
-         gen: torch.Generator, sample: bool = False) -> WalkResult:
-    """Reveal one position per call along ``order``'s ranking, ``n_eff`` calls per row.
+         gen: torch.Generator, sample: bool = False, sizes: list[int] | None = None) -> WalkResult:
+    """Reveal positions along ``order``'s ranking: ``sizes[t]`` top-ranked ones at call ``t`` (default one per
+    call, ``n_eff`` calls per row).
 
-    Teacher forcing (``sample=False``): the revealed token is the true one, and at each level the per-rank
-    losses are recorded. Sampling (``sample=True``): the revealed token is drawn from the model (exact
-    temperature-1 draw), which runs the N-call ordered sampler (``order="random"``: uniformly random positions).
+    Teacher forcing (``sample=False``): the revealed tokens are the true ones; at each level the per-rank losses
+    are recorded, and each row's loss along the path is ``-log q_k(x)`` of the deterministic ordered sampler with
+    schedule ``sizes`` (the module docstring). Sampling (``sample=True``): the revealed tokens are drawn from the
+    model (exact temperature-1 draws): the ordered sampler itself (``order="random"``: uniformly random positions).
     """
     block, later = _block_layout(rows, block_length, gen)
     r, ids, masked = rows.count, rows.ids.clone(), block
     at_level = {int(k): j for j, k in enumerate(np.asarray(levels).tolist())}
     stats = torch.zeros(len(at_level), r, 3, dtype=torch.float64)
     rank_sums = torch.zeros(len(at_level), n_eff, dtype=torch.float64)
+    overlap = torch.zeros(len(at_level), dtype=torch.float64)
+    path_loss = torch.zeros(r, dtype=torch.float64)
     pad = mlm.pad_token_id if mlm.pad_token_id is not None else 0
-    for k in range(n_eff):
-        m = n_eff - k
+    first: torch.Tensor | None = None
+    visible = 0
+    for size in sizes or [1] * n_eff:
+        m = n_eff - visible
         cols = masked.nonzero()[:, 1].view(r, m)
-        if order == "random":  # the position does not depend on the model: logits only where it reveals
-            pick = cols.gather(1, torch.rand(r, m, generator=gen).argmax(1, keepdim=True)).squeeze(1)
-            query = torch.zeros_like(masked).scatter_(1, pick.unsqueeze(1), True)
-        else:
-            query = masked
         canvas = Rows(ids, rows.widths, rows.target).canvas(masked | later, mlm.mask_token_id, pad)
-        logits = mlm.logits(canvas, rows.attention(), positions=query).float()
-        if order != "random":
-            logp = torch.log_softmax(logits, dim=-1).view(r, m, -1)
-            rank = position_scores(logp.reshape(r * m, -1), order).view(r, m).argsort(dim=1, descending=True, stable=True)
-            if not sample and k in at_level:
-                j = at_level[k]
+        if order == "random":  # positions do not depend on the model: logits only where it reveals
+            chosen = cols.gather(1, torch.rand(r, m, generator=gen).argsort(dim=1)[:, :size]).sort(dim=1).values
+            query = torch.zeros_like(masked).scatter_(1, chosen, True)  # logits come in row-major (column) order
+            logp = torch.log_softmax(mlm.logits(canvas, rows.attention(), positions=query).float(), -1).view(r, size, -1)
+        else:
+            logp = torch.log_softmax(mlm.logits(canvas, rows.attention(), positions=masked).float(), -1).view(r, m, -1)
+            rank = position_scores(logp.view(r * m, -1), order).view(r, m).argsort(dim=1, descending=True, stable=True)
+            ranked = cols.gather(1, rank)
+            first = ranked if first is None else first
+            if not sample and visible in at_level:
+                j = at_level[visible]
                 stats[j], rank_sums[j, :m] = _record(logp, ids.gather(1, cols), rank)
-            pick = cols.gather(1, rank[:, :1]).squeeze(1)
-            logits = logits.view(r, m, -1)[torch.arange(r), rank[:, 0]]
+                top = torch.zeros_like(masked).scatter_(1, first[:, :max(visible, 1)], True)
+                overlap[j] = ((top & block & ~masked).sum(1).double() / max(visible, 1)).sum() if visible else r
+            chosen = ranked[:, :size]
+            logp = logp[torch.arange(r).unsqueeze(1), rank[:, :size]]  # [r, size, V]
         if sample:
-            u = torch.rand(r, dtype=torch.float64, generator=gen)
-            ids[torch.arange(r), pick] = draw_tokens(logits, SamplingParams(), u).tokens.cpu()
-        masked = masked.clone()
-        masked[torch.arange(r), pick] = False
-    return WalkResult(stats, rank_sums, ids)
+            u = torch.rand(r * size, dtype=torch.float64, generator=gen)
+            drawn = draw_tokens(logp.reshape(r * size, -1), SamplingParams(), u).tokens.cpu().view(r, size)
+            ids = ids.scatter(1, chosen, drawn)
+        else:
+            path_loss -= logp.gather(2, ids.gather(1, chosen).unsqueeze(-1)).squeeze(-1).double().sum(1).cpu()
+        masked = masked.scatter(1, chosen, False)
+        visible += size
+    return WalkResult(stats, rank_sums, overlap, path_loss, ids)
 
 
-def sample_walks(mlm: MaskedLM, rows: Rows, order: str, *, gen: torch.Generator) -> torch.Tensor:
-    """Samples ``[r, W]`` of the model's own N-call sampler (one position per call, ``order``'s deterministic
-    ranking, temperature 1) with the context of ``rows`` given; ``rows.ids`` at target positions are ignored."""
+def sample_walks(mlm: MaskedLM, rows: Rows, order: str, *, gen: torch.Generator,
+                 sizes: list[int] | None = None) -> torch.Tensor:
+    """Samples ``[r, W]`` of the model's ordered sampler with the context of ``rows`` given (``rows.ids`` at target
+    positions are ignored): ``order``'s deterministic ranking, temperature 1, ``sizes`` tokens per call (default
+    one: the N-call sampler)."""
     n = rows.n_targets
     if not bool((n == n[0]).all()):
         raise ValueError("sample_walks: every row must generate the same number of positions")
     return walk(mlm, rows, order, np.zeros(0, dtype=np.int64), n_eff=int(n[0]), block_length=None, gen=gen,
-                sample=True).ids
+                sample=True, sizes=sizes).ids
+
+
+@dataclass(frozen=True)
+class OrderedNLL:
+    """Held-out NLL of an ordered T-call sampler: per example (nats per generated token), mean and its SE."""
+
+    per_example: np.ndarray
+    mean: float
+    se: float
+
+
+def ordered_nll(model: Any, data: Any, schedule: Any, *, order: str = "confidence", batch_size: int = 16,
+                seed: int = 0, n_tokens: int | None = None, prompt_length: int = 0) -> OrderedNLL:
+    """The exact held-out NLL of the deterministic ordered sampler with ``schedule``: teacher forcing along the
+    sampler's own path (``schedule.steps`` forwards per batch), ``-log q_k(x)`` per example divided by its
+    generated length. For ``order="random"``: one uniformly random order per example (an unbiased estimate of
+    the random-order bound ``NLL_T``).
+
+    ``data`` is anything :func:`mdm_sched.estimate_profile` takes (e.g. infilling
+    :class:`~mdm_sched.conditioning.Examples`); every example must generate ``schedule.n_tokens`` positions.
+    """
+    from .conditioning import prepare
+    from .models import wrap
+    from .schedules import Schedule
+
+    mlm = wrap(model)
+    sched = schedule if isinstance(schedule, Schedule) else Schedule(schedule)
+    ex = prepare(mlm, data, prompt_column=None, response_column=None, chat=False, visible=None, n_tokens=n_tokens,
+                 prompt_length=prompt_length, text_column=None)
+    n = ex.n_targets
+    if not bool((n == sched.n_tokens).all()):
+        raise ValueError(f"every example must generate schedule.n_tokens={sched.n_tokens} positions (got "
+                         f"{int(n.min())}..{int(n.max())}): use schedule.rescale(n) or data of that length")
+    losses = []
+    for b, start in enumerate(range(0, len(ex), batch_size)):
+        rows = Rows(ex.ids[start:start + batch_size], ex.widths[start:start + batch_size],
+                    ex.target[start:start + batch_size])
+        res = walk(mlm, rows, order, np.zeros(0, dtype=np.int64), n_eff=sched.n_tokens, block_length=None,
+                   gen=torch.Generator().manual_seed(_walk_seed(seed, b)), sizes=list(sched.sizes))
+        losses.append(res.path_loss.numpy() / sched.n_tokens)
+    per = np.concatenate(losses)
+    se = float(per.std(ddof=1) / np.sqrt(per.size)) if per.size > 1 else float("nan")
+    return OrderedNLL(per, float(per.mean()), se)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -221,9 +283,10 @@ class RankAccumulator(Accumulator):
     def __init__(self, n_levels: int, n_ranks: int = 0) -> None:
         super().__init__(n_levels)
         self.rank = np.zeros((n_levels, n_ranks))
+        self.overlap = np.zeros(n_levels)  # summed over rows: |S_K & top_K(first state)| / K
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        return dict(super().to_arrays(), rank=self.rank)
+        return dict(super().to_arrays(), rank=self.rank, overlap=self.overlap)
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray], n_levels: int) -> RankAccumulator:
@@ -233,6 +296,7 @@ class RankAccumulator(Accumulator):
             raise ValueError("rank sums do not match the levels")
         acc = cls(n_levels, rank.shape[1])
         acc.count, acc.sums, acc.sq, acc.tokens, acc.rank = base.count, base.sums, base.sq, base.tokens, rank
+        acc.overlap = np.asarray(arrays["overlap"], dtype=np.float64).reshape(n_levels)
         return acc
 
 
@@ -259,18 +323,19 @@ class _PolicyRun:
                 "checkpoint_every": s.checkpoint_every, "batches": self.batches}
 
     def round(self, start: int, end: int, grid: Any, on_walk: Callable[[], None]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rank-1 values ``[batches, levels, batch_size, 3]`` and rank sums ``[batches, levels, n_eff]`` of batches
-        ``start..end-1``, each walked by one process (round-robin) and summed over the processes (exact)."""
+        """Rank-1 values ``[batches, levels, batch_size, 3]`` and rank sums plus the state overlap
+        ``[batches, levels, n_eff + 1]`` of batches ``start..end-1``, each walked by one process (round-robin)
+        and summed over the processes (exact)."""
         s, h = self.settings, self.heldout
         vals = torch.zeros(end - start, h.levels.size, s.batch_size, 3, dtype=torch.float64)
-        ranks = torch.zeros(end - start, h.levels.size, h.n_eff, dtype=torch.float64)
+        ranks = torch.zeros(end - start, h.levels.size, h.n_eff + 1, dtype=torch.float64)
         for k, b in enumerate(range(start, end)):
             if k % self.dist.world != self.dist.rank:
                 continue
             rows = self.rows.slice(grid.start(b), grid.start(b) + grid.rows(b))
             res = walk(self.mlm, rows, self.order, h.levels, n_eff=h.n_eff, block_length=s.block_length,
                        gen=torch.Generator().manual_seed(_walk_seed(s.seed, b)))
-            vals[k, :, :rows.count], ranks[k] = res.stats, res.rank_sums
+            vals[k, :, :rows.count], ranks[k, :, :-1], ranks[k, :, -1] = res.stats, res.rank_sums, res.overlap
             on_walk()
         return self.dist.all_reduce_sum(vals), self.dist.all_reduce_sum(ranks)
 
@@ -295,7 +360,8 @@ def _run_walks(run: _PolicyRun, progress: _Progress, checkpoint: Path | None, sh
             vals, ranks = run.round(start, end, grid, on_walk)
             for k, b in enumerate(range(start, end)):
                 progress.acc.add(grid.start(b), every, vals[k, :, :grid.rows(b)].numpy(), grid.tokens(b))
-                progress.acc.rank += ranks[k].numpy()
+                progress.acc.rank += ranks[k, :, :-1].numpy()
+                progress.acc.overlap += ranks[k, :, -1].numpy()
             progress.forwards += (end - start) * h.n_eff
             progress.next_batch = end
             if checkpoint is not None and run.dist.is_main:
@@ -331,7 +397,8 @@ def estimate_policy(mlm: MaskedLM, rows: Rows, h: _Heldout, order: str, s: _Sett
     mean, se, mc = acc.mean(), acc.cluster_se(), acc.mc_se()
     meta = run_metadata(mlm, h, s, order=order, forwards=state.forwards, processes=dist.world, mc=mc,
                         data_description=description)
-    meta.update(kind="policy", stop={"batches": run.batches}, ranking=_RANKING[order])
+    meta.update(kind="policy", stop={"batches": run.batches}, ranking=_RANKING[order],
+                state_overlap=[round(float(v), 6) for v in (acc.overlap / acc.rows).tolist()])
     return InformationProfile(h.levels, mean[:, 0], se[:, 0], n_tokens=h.n_eff, entropy=mean[:, 1],
                               entropy_se=se[:, 1], accuracy=mean[:, 2], tokens=acc.tokens.astype(np.int64),
                               rows=acc.rows.astype(np.int64), metadata=meta, rank_ce=acc.rank / acc.rows[:, None])

@@ -76,9 +76,29 @@ def test_policy_profile_matches_the_exact_table():
     z = np.abs(prof.rank_ce[valid] - mean[valid]) / (sd[valid] / np.sqrt(1500) + 1e-3)  # float32 logits
     assert z.max() < 5.0, z
     np.testing.assert_allclose(prof.ce, mean[:, 0], atol=5 * sd[:, 0].max() / np.sqrt(1500) + 1e-3)
+    overlap = prof.metadata["state_overlap"]
+    assert len(overlap) == 6 and overlap[0] == 1.0 and all(0.0 <= v <= 1.0 for v in overlap)
     # worse-ranked positions are harder: each level of the fit is non-decreasing in the rank
     fit = prof.fitted_ranks()
     assert all(np.all(np.diff(fit[k, :6 - k]) >= -1e-12) for k in range(6))
+
+
+@pytest.mark.parametrize("order", ["confidence", "random"])
+def test_ordered_nll_is_the_exact_nll_of_the_ordered_sampler(order):
+    from mdm_sched.policy import ordered_nll
+
+    tab = TabularOracle.random(3, 5, concentration=0.3, seed=6)
+    model = tab.miscalibrated(1.3, noise=0.2)
+    data = tab.sample(1500, torch.Generator().manual_seed(2))
+    for sched in ([2, 3], [1, 1, 3], [5]):
+        got = ordered_nll(model, data, sched, order=order, batch_size=500)
+        if order == "random":  # one random order per example: the random-order bound (1/N) sum_t k_t CE(K_{t-1})
+            exact = schedules.nll_bound(tab.ce_profile(model), sched)
+        else:
+            exact = float(-(tab.probs * tab.ordered_sampler_law(sched, order, model).log()).sum()) / 5
+        assert abs(got.mean - exact) < 4.5 * got.se, (sched, got.mean, exact, got.se)
+    with pytest.raises(ValueError, match=r"schedule\.n_tokens=4"):
+        ordered_nll(model, data, [2, 2])
 
 
 @pytest.fixture(scope="module")
