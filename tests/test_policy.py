@@ -222,22 +222,33 @@ def test_policy_resume_is_exact(tmp_path, monkeypatch):
     assert resumed == full and resumed.metadata["forwards"] == full.metadata["forwards"] == 6 * 10
 
 
+def _conditional_run():
+    """A random-order profile of responses of different lengths (prompts 1..4 tokens of a 10-token chain)."""
+    chain = MarkovChainOracle.random(4, 10, stickiness=0.6, seed=7)
+    data = chain.sample(80, torch.Generator().manual_seed(5)).tolist()
+    ex = ms.conditioning.Examples.from_pairs([s[:1 + i % 4] for i, s in enumerate(data)],
+                                             [s[1 + i % 4:] for i, s in enumerate(data)])
+    return estimate_profile(chain, ex, levels=4, batch_size=16, tokens_per_level=300, checkpoint_every=2,
+                            progress=False)
+
+
 _DIST_SCRIPT = """
 import sys, torch
 sys.path.insert(0, {here!r})
 import torch.distributed as dist
-from test_policy import _policy_run
+from test_policy import _conditional_run, _policy_run
 torch.set_num_threads(1)
 dist.init_process_group("gloo")
-p = _policy_run()
+p, c = _policy_run(), _conditional_run()
 if dist.get_rank() == 0:
     p.save(sys.argv[1])
+    c.save(sys.argv[2])
 dist.barrier()
 dist.destroy_process_group()
 """
 
 
-def test_policy_two_processes_equal_one(tmp_path):
+def test_policy_and_conditional_two_processes_equal_one(tmp_path):
     import socket
 
     script = tmp_path / "run.py"
@@ -247,11 +258,13 @@ def test_policy_two_processes_equal_one(tmp_path):
         port = sock.getsockname()[1]
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-           str(script), str(tmp_path / "two.json")]
-    res = subprocess.run(cmd, env=env, timeout=180, capture_output=True, text=True)
+           str(script), str(tmp_path / "two.json"), str(tmp_path / "cond.json")]
+    res = subprocess.run(cmd, env=env, timeout=240, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     two = InformationProfile.load(tmp_path / "two.json")
     assert two.metadata["processes"] == 2 and two == _policy_run()
+    cond = InformationProfile.load(tmp_path / "cond.json")
+    assert cond.metadata["processes"] == 2 and cond.lengths == [6, 9] and cond == _conditional_run()
 
 
 # -- self profiles -----------------------------------------------------------------------------------------
