@@ -263,6 +263,25 @@ class PathKLResult:
     n_forward_rows: int
 
 
+def _path_kl_levels(sorted_rs: torch.Tensor, n_levels: int | None, generator: torch.Generator | None
+                    ) -> tuple[torch.Tensor, torch.Tensor, int | None]:
+    """Which (sample, level) pairs path KL evaluates, their weights, and the levels per sample (None = all).
+
+    Level ``i`` (0-based over all positions, given ones first) is non-trivial iff it is not the first of its block.
+    """
+    bsz, length = sorted_rs.shape
+    nontrivial = torch.zeros_like(sorted_rs, dtype=torch.bool)
+    nontrivial[:, 1:] = (sorted_rs[:, 1:] == sorted_rs[:, :-1]) & (sorted_rs[:, 1:] > 0)
+    if n_levels is None:
+        return nontrivial, torch.ones(bsz, dtype=torch.float64), None
+    check_int(n_levels, "n_levels", minimum=1, hint=" or None (all levels)")
+    n_nontrivial = nontrivial.sum(1)
+    keys = torch.rand(bsz, length, generator=generator).masked_fill(~nontrivial, 2.0)
+    take = torch.arange(length).unsqueeze(0) < torch.clamp(n_nontrivial, max=n_levels).unsqueeze(1)
+    chosen = torch.zeros_like(nontrivial).scatter_(1, keys.argsort(1), take)
+    return chosen, n_nontrivial.double() / chosen.sum(1).clamp(min=1).double(), n_levels
+
+
 def path_kl(model: Any, sequences: torch.Tensor, reveal_step: torch.Tensor, token_logprobs: torch.Tensor, *,
             n_levels: int | None = None, attention_mask: torch.Tensor | None = None,
             generator: torch.Generator | None = None, batch_size: int = 64) -> PathKLResult:
@@ -296,23 +315,7 @@ def path_kl(model: Any, sequences: torch.Tensor, reveal_step: torch.Tensor, toke
     if bool((n_gen == 0).any()):
         raise ValueError("path_kl: a row has no generated position (reveal_step all 0)")
     sorted_rs = rs.sort(1).values
-    # level i (0-based over all positions, given ones first) is non-trivial iff it is not the first of its block
-    nontrivial = torch.zeros_like(rs, dtype=torch.bool)
-    nontrivial[:, 1:] = (sorted_rs[:, 1:] == sorted_rs[:, :-1]) & (sorted_rs[:, 1:] > 0)
-    n_nontrivial = nontrivial.sum(1)
-    if n_levels is None:
-        chosen = nontrivial
-        weight = torch.ones(bsz, dtype=torch.float64)
-        used = None
-    else:
-        check_int(n_levels, "n_levels", minimum=1, hint=" or None (all levels)")
-        keys = torch.rand(bsz, length, generator=generator).masked_fill(~nontrivial, 2.0)
-        order = keys.argsort(1)
-        take = torch.arange(length).unsqueeze(0) < torch.clamp(n_nontrivial, max=n_levels).unsqueeze(1)
-        chosen = torch.zeros_like(nontrivial)
-        chosen.scatter_(1, order, take)
-        weight = n_nontrivial.double() / chosen.sum(1).clamp(min=1).double()
-        used = n_levels
+    chosen, weight, used = _path_kl_levels(sorted_rs, n_levels, generator)
     row_idx, lvl = chosen.nonzero(as_tuple=True)  # one model row per chosen (sample, level)
     per_sample = torch.zeros(bsz, dtype=torch.float64)
     n_rows = int(row_idx.numel())
