@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -77,9 +78,13 @@ def _costs(p: ms.InformationProfile, sched: schedules.Schedule) -> float:
 
 def summarize(profiles: dict[str, ms.InformationProfile], steps: list[int]) -> dict[str, Any]:
     """Predicted gains and the cross-profile costs described in the module docstring."""
-    out: dict[str, Any] = {"gains": {}, "policy_vs_random": {}, "self_vs_heldout": {}}
+    out: dict[str, Any] = {"gains": {}, "costs": {}, "policy_vs_random": {}, "self_vs_heldout": {}}
     for name, p in profiles.items():
-        out["gains"][name] = {t: p.predicted_gain(t) for t in steps if t <= p.n_tokens}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # flat profiles and J <= 0 make ratios meaningless: the costs say why
+            out["gains"][name] = {t: p.predicted_gain(t) for t in steps if t <= p.n_tokens}
+        out["costs"][name] = {t: {"constant": _costs(p, schedules.constant(p.n_tokens, t)),
+                                  "optimal": _costs(p, schedules.optimal(p, t))} for t in steps if t <= p.n_tokens}
     pairs = [("region-policy", "region"), ("policy", "random")]
     for pol, rnd in pairs:
         if pol in profiles and rnd in profiles:
@@ -101,6 +106,8 @@ def summarize(profiles: dict[str, ms.InformationProfile], steps: list[int]) -> d
 def _print(summary: dict[str, Any]) -> None:
     for name, gains in summary["gains"].items():
         print(f"{name:>14}: predicted gain over constant " + ", ".join(f"T={t}: {g:.3f}x" for t, g in gains.items()))
+        print(f"{'':>14}  cost J (nats/sequence) constant -> optimal " + ", ".join(
+            f"T={t}: {c['constant']:.3f} -> {c['optimal']:.3f}" for t, c in summary["costs"][name].items()))
     for section in ("policy_vs_random", "self_vs_heldout"):
         for name, rows in summary[section].items():
             for t, costs in rows.items():
