@@ -334,9 +334,9 @@ def prepare(mlm: MaskedLM, data: DataLike, *, prompt_column: str | None, respons
     """The examples ``estimate_profile`` measures on, from whichever conditioning arguments it got."""
     encode = mlm.encode if mlm.tokenizer is not None else None
     if isinstance(data, Examples):
-        if prompt_column or response_column or chat or visible is not None or prompt_length:
+        if prompt_column or response_column or chat or visible is not None or prompt_length or n_tokens is not None:
             raise ValueError("data is already an Examples object: do not also pass prompt_column/response_column/"
-                             "chat/visible/prompt_length")
+                             "chat/visible/prompt_length/n_tokens (build the Examples with the lengths you want)")
         return data
     if (prompt_column is None) != (response_column is None) and not (chat and response_column is None):
         raise ValueError("pass both prompt_column= and response_column= (or chat=True with a messages column)")
@@ -353,7 +353,7 @@ def prepare(mlm: MaskedLM, data: DataLike, *, prompt_column: str | None, respons
 
     seqs, desc = _token_sequences(mlm, data, text_column)
     if visible is not None:
-        if prompt_length:
-            raise ValueError("visible= already says what is given: drop prompt_length=")
+        if prompt_length or n_tokens is not None:
+            raise ValueError("visible= already says what is given and generated: drop prompt_length=/n_tokens=")
         return Examples.from_masks(seqs, visible, description=f"{desc}, infill (visible masks)")
     return Examples.from_sequences(seqs, n_tokens, prompt_length, description=desc, stacklevel=4)
