@@ -38,8 +38,12 @@ the case ``CE_r(K) = CE(K)`` for all ``r``, where ``C(a, b) = (b - a) CE(a)`` an
 shortcut. Unlike random order, ``CE_r(K)`` grows with ``r`` (worse-ranked positions are harder), which is why
 revealing many tokens per call costs more under an ordered sampler than the random-order profile predicts.
 
-**Estimation details.** The table is stored at the levels (default: 48 visible counts, denser at both ends) as
-``rank_ce [levels, N]`` (NaN past the ``N - K`` masked positions); :meth:`InformationProfile.fitted_ranks`
+**Estimation details.** The walk's forward at every visible count ``K`` records the per-rank losses, pooled
+into the nearest level (within half the gap to the neighbouring level: :func:`level_bins`,
+``metadata["pooled_counts"]``), so all ``N`` forwards of a walk contribute and the table's noise drops by about
+``sqrt(N / levels)`` (a small bias where the table changes fast within a level's range; none when the levels
+are every count, the default for ``N <= 48``). The table is stored at the levels (default: 48 visible counts,
+denser at both ends) as ``rank_ce [levels, N]`` (NaN past the ``N - K`` masked positions); :meth:`InformationProfile.fitted_ranks`
 makes each level non-decreasing in ``r`` (isotonic), :func:`block_costs` interpolates the cumulative sums
 linearly between levels (in visible fraction) and ranks (in rank fraction for another length). Context
 (prompt, infilling frame) is visible in every state; every example must generate the same number of positions
@@ -75,7 +79,7 @@ if TYPE_CHECKING:
     from .models import MaskedLM
     from .profile import InformationProfile
 
-__all__ = ["POLICY_ORDERS", "position_scores", "block_costs", "walk", "sample_walks", "estimate_policy",
+__all__ = ["POLICY_ORDERS", "position_scores", "block_costs", "level_bins", "walk", "sample_walks", "estimate_policy",
            "RankAccumulator", "ordered_nll", "OrderedNLL"]
 
 #: Orders with a policy profile (random order has the ordinary profile).
@@ -127,18 +131,67 @@ def block_costs(ranks: np.ndarray, levels: np.ndarray, n_measured: int, n: int) 
 # The walk: one token per call along the rule's own order
 # ------------------------------------------------------------------------------------------------
 
+def level_bins(levels: np.ndarray, n: int) -> np.ndarray:
+    """The level each visible count ``K = 0..n-1`` is pooled into (``-1``: none): its nearest level, if within half
+    the gap to that level's neighbour on that side (the outer levels reach as far out as in)."""
+    lv = np.asarray(levels, dtype=np.int64)
+    k = np.arange(n)
+    if lv.size == 0:
+        return np.full(n, -1)
+    j = np.abs(k[:, None] - lv[None, :]).argmin(1)  # nearest; a tie goes to the lower level
+    gaps = np.diff(lv).astype(np.float64)
+    below = np.concatenate([gaps[:1] if gaps.size else [0.0], gaps]) / 2
+    above = np.concatenate([gaps, gaps[-1:] if gaps.size else [0.0]]) / 2
+    d = k - lv[j]
+    ok = (d == 0) | ((d < 0) & (-d <= below[j])) | ((d > 0) & (d <= above[j]))
+    return np.where(ok, j, -1)
+
+
 @dataclass
 class WalkResult:
-    """What one batch walk recorded: per-row rank-1 ``(ce, entropy, accuracy)`` at each level ``[levels, r, 3]``,
-    per-rank CE summed over the rows ``[levels, n_eff]``, the overlap of each level's state with the top ``K``
-    of the first state summed over the rows ``[levels]``, each row's teacher-forced loss along the path ``[r]``
-    (nats), and the final ids ``[r, W]`` (the samples, when sampling)."""
+    """What one batch walk recorded per level (every visible count pooled into its level, :func:`level_bins`):
+    per-row rank-1 ``(ce, entropy, accuracy)`` averaged over the level's counts ``[levels, r, 3]``, per-rank CE
+    summed over rows and counts ``[levels, n_eff]`` with the number of terms ``rank_counts``, the overlap of each
+    state with the top ``K`` of the first state (per-row means, summed over rows) ``[levels]``; each row's
+    teacher-forced loss along the path ``[r]`` (nats); the final ids ``[r, W]`` (the samples, when sampling)."""
 
     stats: torch.Tensor
     rank_sums: torch.Tensor
+    rank_counts: torch.Tensor
     overlap: torch.Tensor
     path_loss: torch.Tensor
     ids: torch.Tensor
+
+
+class _Recorder:
+    """Per-level sums of a teacher-forced walk (see :class:`WalkResult`)."""
+
+    def __init__(self, levels: np.ndarray, n_eff: int, r: int) -> None:
+        self.bin = level_bins(levels, n_eff)
+        n_lv = np.asarray(levels).size
+        self.stats = torch.zeros(n_lv, r, 3, dtype=torch.float64)
+        self.steps = torch.zeros(n_lv, dtype=torch.float64)
+        self.rank_sums = torch.zeros(n_lv, n_eff, dtype=torch.float64)
+        self.rank_counts = torch.zeros(n_lv, n_eff, dtype=torch.float64)
+        self.overlap = torch.zeros(n_lv, r, dtype=torch.float64)
+
+    def wants(self, visible: int) -> bool:
+        return visible < self.bin.size and self.bin[visible] >= 0
+
+    def add(self, visible: int, logp: torch.Tensor, true: torch.Tensor, rank: torch.Tensor,
+            overlap: torch.Tensor) -> None:
+        j = int(self.bin[visible])
+        stats, ranks = _record(logp, true, rank)
+        self.stats[j] += stats
+        self.steps[j] += 1
+        self.rank_sums[j, :ranks.numel()] += ranks
+        self.rank_counts[j, :ranks.numel()] += logp.shape[0]
+        self.overlap[j] += overlap
+
+    def result(self, path_loss: torch.Tensor, ids: torch.Tensor) -> WalkResult:
+        steps = self.steps.clamp(min=1)
+        return WalkResult(self.stats / steps[:, None, None], self.rank_sums, self.rank_counts,
+                          (self.overlap / steps[:, None]).sum(1), path_loss, ids)
 
 
 def _block_layout(rows: Rows, block_length: int | None, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,10 +232,7 @@ def walk(mlm: MaskedLM, rows: Rows, order: str, levels: np.ndarray, *, n_eff: in
     """
     block, later = _block_layout(rows, block_length, gen)
     r, ids, masked = rows.count, rows.ids.clone(), block
-    at_level = {int(k): j for j, k in enumerate(np.asarray(levels).tolist())}
-    stats = torch.zeros(len(at_level), r, 3, dtype=torch.float64)
-    rank_sums = torch.zeros(len(at_level), n_eff, dtype=torch.float64)
-    overlap = torch.zeros(len(at_level), dtype=torch.float64)
+    rec = _Recorder(np.zeros(0, dtype=np.int64) if sample else levels, n_eff, r)
     path_loss = torch.zeros(r, dtype=torch.float64)
     pad = mlm.pad_token_id if mlm.pad_token_id is not None else 0
     first: torch.Tensor | None = None
@@ -200,11 +250,10 @@ def walk(mlm: MaskedLM, rows: Rows, order: str, levels: np.ndarray, *, n_eff: in
             rank = position_scores(logp.view(r * m, -1), order).view(r, m).argsort(dim=1, descending=True, stable=True)
             ranked = cols.gather(1, rank)
             first = ranked if first is None else first
-            if not sample and visible in at_level:
-                j = at_level[visible]
-                stats[j], rank_sums[j, :m] = _record(logp, ids.gather(1, cols), rank)
+            if rec.wants(visible):
                 top = torch.zeros_like(masked).scatter_(1, first[:, :max(visible, 1)], True)
-                overlap[j] = ((top & block & ~masked).sum(1).double() / max(visible, 1)).sum() if visible else r
+                shared = (top & block & ~masked).sum(1).double() / visible if visible else torch.ones(r, dtype=torch.float64)
+                rec.add(visible, logp, ids.gather(1, cols), rank, shared)
             chosen = ranked[:, :size]
             logp = logp[torch.arange(r).unsqueeze(1), rank[:, :size]]  # [r, size, V]
         if sample:
@@ -215,7 +264,7 @@ def walk(mlm: MaskedLM, rows: Rows, order: str, levels: np.ndarray, *, n_eff: in
             path_loss -= logp.gather(2, ids.gather(1, chosen).unsqueeze(-1)).squeeze(-1).double().sum(1).cpu()
         masked = masked.scatter(1, chosen, False)
         visible += size
-    return WalkResult(stats, rank_sums, overlap, path_loss, ids)
+    return rec.result(path_loss, ids)
 
 
 def sample_walks(mlm: MaskedLM, rows: Rows, order: str, *, gen: torch.Generator,
@@ -283,10 +332,11 @@ class RankAccumulator(Accumulator):
     def __init__(self, n_levels: int, n_ranks: int = 0) -> None:
         super().__init__(n_levels)
         self.rank = np.zeros((n_levels, n_ranks))
+        self.rank_count = np.zeros((n_levels, n_ranks))
         self.overlap = np.zeros(n_levels)  # summed over rows: |S_K & top_K(first state)| / K
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        return dict(super().to_arrays(), rank=self.rank, overlap=self.overlap)
+        return dict(super().to_arrays(), rank=self.rank, rank_count=self.rank_count, overlap=self.overlap)
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray], n_levels: int) -> RankAccumulator:
@@ -297,6 +347,7 @@ class RankAccumulator(Accumulator):
         acc = cls(n_levels, rank.shape[1])
         acc.count, acc.sums, acc.sq, acc.tokens, acc.rank = base.count, base.sums, base.sq, base.tokens, rank
         acc.overlap = np.asarray(arrays["overlap"], dtype=np.float64).reshape(n_levels)
+        acc.rank_count = np.asarray(arrays["rank_count"], dtype=np.float64).reshape(rank.shape)
         return acc
 
 
@@ -323,19 +374,20 @@ class _PolicyRun:
                 "checkpoint_every": s.checkpoint_every, "batches": self.batches}
 
     def round(self, start: int, end: int, grid: Any, on_walk: Callable[[], None]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rank-1 values ``[batches, levels, batch_size, 3]`` and rank sums plus the state overlap
-        ``[batches, levels, n_eff + 1]`` of batches ``start..end-1``, each walked by one process (round-robin)
+        """Rank-1 values ``[batches, levels, batch_size, 3]`` and rank sums, rank counts and the state overlap
+        ``[batches, levels, 2 n_eff + 1]`` of batches ``start..end-1``, each walked by one process (round-robin)
         and summed over the processes (exact)."""
         s, h = self.settings, self.heldout
         vals = torch.zeros(end - start, h.levels.size, s.batch_size, 3, dtype=torch.float64)
-        ranks = torch.zeros(end - start, h.levels.size, h.n_eff + 1, dtype=torch.float64)
+        ranks = torch.zeros(end - start, h.levels.size, 2 * h.n_eff + 1, dtype=torch.float64)
         for k, b in enumerate(range(start, end)):
             if k % self.dist.world != self.dist.rank:
                 continue
             rows = self.rows.slice(grid.start(b), grid.start(b) + grid.rows(b))
             res = walk(self.mlm, rows, self.order, h.levels, n_eff=h.n_eff, block_length=s.block_length,
                        gen=torch.Generator().manual_seed(_walk_seed(s.seed, b)))
-            vals[k, :, :rows.count], ranks[k, :, :-1], ranks[k, :, -1] = res.stats, res.rank_sums, res.overlap
+            vals[k, :, :rows.count] = res.stats
+            ranks[k] = torch.cat([res.rank_sums, res.rank_counts, res.overlap[:, None]], 1)
             on_walk()
         return self.dist.all_reduce_sum(vals), self.dist.all_reduce_sum(ranks)
 
@@ -359,9 +411,11 @@ def _run_walks(run: _PolicyRun, progress: _Progress, checkpoint: Path | None, sh
             end = min(start + s.checkpoint_every, run.batches)
             vals, ranks = run.round(start, end, grid, on_walk)
             for k, b in enumerate(range(start, end)):
-                progress.acc.add(grid.start(b), every, vals[k, :, :grid.rows(b)].numpy(), grid.tokens(b))
-                progress.acc.rank += ranks[k, :, :-1].numpy()
-                progress.acc.overlap += ranks[k, :, -1].numpy()
+                sums, counts, overlap = ranks[k, :, :h.n_eff], ranks[k, :, h.n_eff:-1], ranks[k, :, -1]
+                progress.acc.add(grid.start(b), every, vals[k, :, :grid.rows(b)].numpy(), counts.sum(1).numpy())
+                progress.acc.rank += sums.numpy()
+                progress.acc.rank_count += counts.numpy()
+                progress.acc.overlap += overlap.numpy()
             progress.forwards += (end - start) * h.n_eff
             progress.next_batch = end
             if checkpoint is not None and run.dist.is_main:
@@ -397,11 +451,16 @@ def estimate_policy(mlm: MaskedLM, rows: Rows, h: _Heldout, order: str, s: _Sett
     mean, se, mc = acc.mean(), acc.cluster_se(), acc.mc_se()
     meta = run_metadata(mlm, h, s, order=order, forwards=state.forwards, processes=dist.world, mc=mc,
                         data_description=description)
+    bins = level_bins(h.levels, h.n_eff)
     meta.update(kind="policy", stop={"batches": run.batches}, ranking=_RANKING[order],
+                pooled_counts=[[int(np.min(np.nonzero(bins == j))), int(np.max(np.nonzero(bins == j)))]
+                               for j in range(h.levels.size)],
                 state_overlap=[round(float(v), 6) for v in (acc.overlap / acc.rows).tolist()])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        table = acc.rank / acc.rank_count
     return InformationProfile(h.levels, mean[:, 0], se[:, 0], n_tokens=h.n_eff, entropy=mean[:, 1],
                               entropy_se=se[:, 1], accuracy=mean[:, 2], tokens=acc.tokens.astype(np.int64),
-                              rows=acc.rows.astype(np.int64), metadata=meta, rank_ce=acc.rank / acc.rows[:, None])
+                              rows=acc.rows.astype(np.int64), metadata=meta, rank_ce=table)
 
 
 _RANKING = {"confidence": "max probability of the temperature-1 distribution (the deterministic counterpart of "

@@ -83,6 +83,20 @@ def test_policy_profile_matches_the_exact_table():
     assert all(np.all(np.diff(fit[k, :6 - k]) >= -1e-12) for k in range(6))
 
 
+def test_every_forward_of_a_walk_is_pooled_into_its_nearest_level():
+    from mdm_sched.policy import level_bins
+
+    np.testing.assert_array_equal(level_bins(np.arange(6), 6), np.arange(6))  # every count its own level
+    np.testing.assert_array_equal(level_bins(np.array([0, 5, 10, 15]), 16), [0] * 3 + [1] * 5 + [2] * 5 + [3] * 3)
+    np.testing.assert_array_equal(level_bins(np.array([0, 7]), 16), [0] * 4 + [1] * 7 + [-1] * 5)  # no far pooling
+    chain = MarkovChainOracle.random(4, 16, stickiness=0.6, seed=7)
+    data = chain.sample(64, torch.Generator().manual_seed(3))
+    prof = estimate_profile(chain, data, order="entropy", levels=[0, 5, 10, 15], batch_size=64, progress=False)
+    assert prof.metadata["pooled_counts"] == [[0, 2], [3, 7], [8, 12], [13, 15]]
+    assert prof.tokens.tolist() == [64 * sum(16 - k for k in range(a, b + 1)) for a, b in prof.metadata["pooled_counts"]]
+    assert np.isfinite(prof.rank_ce[1, :11]).all() and np.isnan(prof.rank_ce[1, 11:]).all()
+
+
 @pytest.mark.parametrize("order", ["confidence", "random"])
 def test_ordered_nll_is_the_exact_nll_of_the_ordered_sampler(order):
     from mdm_sched.policy import ordered_nll
