@@ -119,7 +119,7 @@ def _rank_table(table: npt.ArrayLike, levels: np.ndarray, n: int) -> np.ndarray:
 
 
 def _fit_ranks(table: np.ndarray, levels: np.ndarray, n: int) -> np.ndarray:
-    """Each level's row fitted non-decreasing in the rank (isotonic, equal weights: every rank has the same rows)."""
+    """Each level's row fitted non-decreasing in the rank (isotonic, equal weights)."""
     out = np.full_like(table, np.nan)
     for j, k in enumerate(levels.tolist()):
         out[j, :n - k] = -isotonic_nonincreasing(-table[j, :n - k])
@@ -177,7 +177,9 @@ class InformationProfile:
     Attributes (numpy arrays, one entry per level): ``levels``, ``fractions``, ``ce`` (mean masked-token
     cross-entropy, nats), ``se`` (its standard error over rows), ``entropy`` (mean predictive entropy),
     ``entropy_se``, ``accuracy`` (top-1), ``tokens`` (scored tokens), ``rows`` (forward rows).
-    ``metadata``: model, data, lengths, date, library version, ...
+    ``metadata``: model, data, lengths, conditioning, order, date, library version, ...
+    Ordering-aware (policy) profiles also hold ``rank_ce [levels, n_tokens]``, the mean loss of the ``r``-th
+    ranked masked position at each level (their ``ce`` is its first column; :mod:`mdm_sched.policy`).
 
     Two profiles compare equal when their measured arrays and ``n_tokens`` are identical (metadata such
     as the date is ignored).
