@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import textwrap
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -500,7 +501,7 @@ class InformationProfile:
         ax.set_xlim(-0.02, 1.0)
         ax.grid(alpha=0.3)
         ax.legend(loc="best" if policy else "upper right", fontsize=7 if policy else 8)
-        ax.set_title(title or self.description, fontsize=8)
+        ax.set_title(textwrap.fill(title or self.description, 120), fontsize=8)
         atomic_write_png(fig, path)
 
     def _plot_ranks(self, ax: Any) -> None:
