@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
     from mdm_sched.config import CliSpec, MaskedGenerationConfig
+    from mdm_sched.models import MaskedLM
     from mdm_sched.profile import InformationProfile
     from mdm_sched.results import EvalConfig
     from mdm_sched.schedules import Schedule
@@ -179,6 +180,25 @@ def add_profile_arguments(parser: argparse.ArgumentParser) -> None:
                              "cropped to N, shorter dropped)")
     parser.add_argument("--prompt-length", type=int, default=0,
                         help="leading tokens of each sequence that are a prompt: always visible, never scored")
+    cond = parser.add_argument_group("conditioning (what is always visible) and order")
+    cond.add_argument("--prompt-column", default=None,
+                      help="prompt/response pairs: the dataset column of prompts (always visible, never scored)")
+    cond.add_argument("--response-column", default=None,
+                      help="the column of responses (generated and scored; any lengths, taken at equal visible "
+                           "fractions)")
+    cond.add_argument("--chat", action="store_true",
+                      help="render prompts with the tokenizer's chat template (one user message each); without "
+                           "--prompt-column: a 'messages' column of conversations, the last (assistant) one scored")
+    cond.add_argument("--pad-with-eos", action="store_true",
+                      help="pad responses with EOS up to --n-tokens (LLaDA/Dream generate a fixed length)")
+    cond.add_argument("--region", default=None, metavar="START:STOP",
+                      help="infill content positions START..STOP-1 of every sequence, the rest always visible")
+    cond.add_argument("--order", default="random", choices=["random", "confidence", "margin", "entropy"],
+                      help="random: the ordinary profile; confidence/margin/entropy: the ordering-aware policy "
+                           "profile (teacher forcing along the model's own order)")
+    cond.add_argument("--self-samples", type=int, default=None, metavar="M",
+                      help="self profile (data-free): measure on M samples of the model's own N-call sampler for "
+                           "--order instead of the data (--data then only supplies contexts for --region/--prompt-column)")
     parser.add_argument("--levels", type=int, default=None, help=f"number of levels (default {DEFAULT_N_LEVELS})")
     parser.add_argument("--batch-size", type=int, default=16)
     stop = parser.add_mutually_exclusive_group()
@@ -230,18 +250,62 @@ def profile_command(args: argparse.Namespace) -> int:
         else:
             device = args.device or ("cuda" if torch.cuda.is_available() else None)
         model = load_masked_lm(args.model, trust_remote_code=args.trust_remote_code, device=device, dtype=args.dtype)
-        profile = estimate_profile(model, args.data, n_tokens=args.n_tokens, levels=args.levels,
-                                   batch_size=args.batch_size, tokens_per_level=args.tokens_per_level,
-                                   target_se=args.target_se, prompt_length=args.prompt_length,
-                                   block_length=args.block_length, text_column=args.text_column, seed=args.seed,
-                                   progress=not args.no_progress, checkpoint=args.checkpoint,
-                                   max_batches=args.max_batches, accelerator=state)
+        kw = dict(levels=args.levels, batch_size=args.batch_size, tokens_per_level=args.tokens_per_level,
+                  target_se=args.target_se, block_length=args.block_length, seed=args.seed, order=args.order,
+                  progress=not args.no_progress, checkpoint=args.checkpoint, max_batches=args.max_batches,
+                  accelerator=state)
+        data, n_tokens = _profile_data(model, args)
+        if args.self_samples is not None:
+            from mdm_sched.self_profile import estimate_self_profile
+
+            examples = data if args.region or args.prompt_column or args.chat else None
+            profile = estimate_self_profile(model, n_tokens=None if examples is not None else n_tokens,
+                                            num_samples=args.self_samples, examples=examples, **kw)
+        else:
+            profile = estimate_profile(model, data, n_tokens=n_tokens, prompt_length=args.prompt_length,
+                                       text_column=args.text_column, **kw)
         if state is None or state.is_main_process:
             _report_profile(profile, args, steps)
         done = True
     finally:
         end_state(state, wait=done)
     return 0
+
+
+def _profile_data(model: MaskedLM, args: argparse.Namespace) -> tuple[object, int | None]:
+    """The data ``mdm-sched profile`` measures on (an Examples object when conditioned) and the n_tokens to pass."""
+    from mdm_sched import conditioning, data
+    from mdm_sched.estimate import _token_sequences
+
+    if (args.prompt_column or args.chat) and args.region:
+        raise ValueError("--region and --prompt-column/--chat are different conditionings: pass one")
+    if args.prompt_column or args.response_column or args.chat:
+        if args.prompt_length:
+            raise ValueError("--prompt-length does not apply to --prompt-column/--chat data (each example has its prompt)")
+        ds = data.load_source(args.data)
+        pad = model.eos_token_id if args.pad_with_eos else None
+        if args.pad_with_eos and (pad is None or args.n_tokens is None):
+            raise ValueError("--pad-with-eos needs --n-tokens and a model with an EOS token")
+        encode = model.encode if model.tokenizer is not None else None
+        if args.chat and not args.prompt_column:
+            ex = conditioning.from_chat(ds, model.tokenizer, encode=model.encode, n_tokens=args.n_tokens, pad_id=pad,
+                                        description=f"{args.data} (messages, chat template)")
+        else:
+            if not (args.prompt_column and args.response_column):
+                raise ValueError("pass both --prompt-column and --response-column")
+            ex = conditioning.from_columns(ds, args.prompt_column, args.response_column, encode=encode,
+                                           chat_tokenizer=model.tokenizer if args.chat else None,
+                                           n_tokens=args.n_tokens, pad_id=pad,
+                                           description=f"{args.data} ({args.prompt_column} -> {args.response_column})")
+        return ex, None
+    if args.region:
+        try:
+            start, stop = (int(v) for v in args.region.split(":"))
+        except ValueError:
+            raise ValueError(f"--region={args.region!r}: expected START:STOP, e.g. 26:65") from None
+        seqs, desc = _token_sequences(model, args.data, args.text_column)
+        return conditioning.Examples.from_region(seqs, start, stop, description=f"{desc}, region {start}:{stop}"), None
+    return args.data, args.n_tokens
 
 
 def _report_profile(profile: InformationProfile, args: argparse.Namespace, steps: list[int]) -> None:

@@ -30,7 +30,6 @@ Determinism, resuming and data parallelism
 from __future__ import annotations
 
 import datetime
-import hashlib
 import io
 import json
 import math
@@ -39,18 +38,20 @@ import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 
+from . import conditioning as _conditioning
 from . import data as _data
 from ._io import atomic_write_bytes, check_format
+from .conditioning import Examples
 from .distributed import AcceleratorLike, DistContext
+from .masking import Rows, forward_rows
 from .profile import InformationProfile
-from .validation import check_float, check_int, check_optional_int
+from .validation import check_choice, check_float, check_int, check_optional_int
 
 if TYPE_CHECKING:
     from ._types import DataLike, ModelLike, PathLike
@@ -143,54 +144,66 @@ def _token_sequences(mlm: MaskedLM, data: DataLike, text_column: str | None) -> 
     return seqs, desc
 
 
-def _check_tokens(mlm: MaskedLM, x: torch.Tensor) -> None:
-    """Every data token must be one the model can put probability on, or the CE is infinite."""
-    vocab = mlm.vocab_size
-    if int(x.max()) >= vocab:
-        raise ValueError(f"data contain token id {int(x.max())} >= the model's vocabulary size {vocab}: "
-                         "tokenise with the model's own tokenizer")
-    present = torch.zeros(vocab, dtype=torch.bool)
-    present[x.unique()] = True
-    bad = (present & torch.isin(torch.arange(vocab), mlm.suppressed_ids)).nonzero().squeeze(1).tolist()
-    if bad:
-        raise ValueError(f"data contain token ids {bad[:10]} that the model never samples (mask, padding or special "
-                         "tokens): strip them from the data (framing tokens are added by the adapter) or choose "
-                         "n_tokens so that padding is excluded")
-
-
 @dataclass(frozen=True)
 class _Heldout:
-    """The data a run measures on: ids ``[M, prompt_length + n]`` (input order), the generated length
-    ``n``, the scored span ``n_eff`` (block length or ``n``), the levels, and what the length policy did."""
+    """The data a run measures on: the examples (ids, widths, generated positions; input order), the nominal
+    generated length ``n`` (the most generated positions of any example), the scored span ``n_eff`` (block
+    length or ``n``) and the levels (visible counts on the nominal grid ``0..n_eff-1``)."""
 
-    x: torch.Tensor
+    ex: Examples
     n: int
     n_eff: int
     levels: np.ndarray
-    counts: dict[str, int]
     description: str
 
-    @cached_property
+    @property
+    def counts(self) -> Mapping[str, int]:
+        return self.ex.counts
+
+    @property
     def sha256(self) -> str:
-        """Hash of the ids (in input order): identifies the data in checkpoints and metadata."""
-        return hashlib.sha256(self.x.numpy().astype(np.int64).tobytes() + str(tuple(self.x.shape)).encode()
-                              ).hexdigest()[:16]
+        """Identifies the data in checkpoints and metadata (:attr:`Examples.sha256`)."""
+        return self.ex.sha256
+
+    def lengths(self) -> list[int]:
+        """Scored lengths the profile's fractions stand for: ``[n_eff]``, or ``[shortest, longest]``."""
+        if self.ex.equal_targets:
+            return [self.n_eff]
+        short = int(self.ex.n_targets.min())
+        return [min(short, self.n_eff), self.n_eff]
+
+
+def _check_tokens(mlm: MaskedLM, ex: Examples) -> None:
+    """Every token must be in the vocabulary, and every generated one must be a token the model can put
+    probability on (else the CE is infinite); context tokens may be special (chat templates are)."""
+    vocab = mlm.vocab_size
+    if int(ex.ids.max()) >= vocab:
+        raise ValueError(f"data contain token id {int(ex.ids.max())} >= the model's vocabulary size {vocab}: "
+                         "tokenise with the model's own tokenizer")
+    present = torch.zeros(vocab, dtype=torch.bool)
+    present[ex.ids[ex.target].unique()] = True
+    bad = (present & torch.isin(torch.arange(vocab), mlm.suppressed_ids)).nonzero().squeeze(1).tolist()
+    if bad:
+        raise ValueError(f"data contain token ids {bad[:10]} that the model never samples (mask, padding or special "
+                         "tokens) at generated positions: strip them from the data (framing tokens are added by the "
+                         "adapter) or choose n_tokens so that padding is excluded")
 
 
 def _prepare_heldout(mlm: MaskedLM, data: DataLike, *, n_tokens: int | None, prompt_length: int,
-                     block_length: int | None, levels: LevelsLike,
-                     text_column: str | None) -> _Heldout:
-    seqs, desc = _token_sequences(mlm, data, text_column)
-    x, n, counts = _data.fixed_length(seqs, n_tokens, prompt_length, stacklevel=4)
-    if block_length is not None and n % block_length:
+                     block_length: int | None, levels: LevelsLike, text_column: str | None,
+                     conditioning: Mapping[str, Any]) -> _Heldout:
+    ex = _conditioning.prepare(mlm, data, n_tokens=n_tokens, prompt_length=prompt_length, text_column=text_column,
+                               **conditioning)
+    n = int(ex.n_targets.max())
+    if block_length is not None and ex.equal_targets and n % block_length:
         raise ValueError(f"block_length={block_length} does not divide n_tokens={n}; choose a divisor "
                          f"(e.g. {math.gcd(n, block_length)}) or set n_tokens to a multiple of it")
-    n_eff = block_length or n
-    if mlm.max_length is not None and x.shape[1] > mlm.max_length:
-        raise ValueError(f"prompt_length + n_tokens = {x.shape[1]} exceeds the model's max_length={mlm.max_length}: "
-                         "pass a smaller n_tokens")
-    _check_tokens(mlm, x)
-    return _Heldout(x, n, n_eff, _resolve_levels(levels, n_eff), counts, desc)
+    n_eff = min(block_length, n) if block_length else n
+    if mlm.max_length is not None and int(ex.widths.max()) > mlm.max_length:
+        raise ValueError(f"an example has {int(ex.widths.max())} tokens (context + generated), more than the model's "
+                         f"max_length={mlm.max_length}: pass a smaller n_tokens or shorter prompts")
+    _check_tokens(mlm, ex)
+    return _Heldout(ex, n, n_eff, _resolve_levels(levels, n_eff), ex.description)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -205,6 +218,8 @@ class BatchGrid:
     n_rows: int
     batch_size: int
     scored_per_row: np.ndarray  # [levels]: n_eff - level
+    #: scored tokens of each row (permutation order) at each level ``[n_rows, levels]``, when rows differ
+    row_scored: np.ndarray | None = None
 
     @property
     def per_pass(self) -> int:
@@ -221,6 +236,8 @@ class BatchGrid:
 
     def tokens(self, b: int) -> np.ndarray:
         """Scored tokens batch ``b`` adds to each level it runs ``[levels]``."""
+        if self.row_scored is not None:
+            return self.row_scored[self.start(b):self.start(b) + self.rows(b)].sum(0)
         return self.rows(b) * self.scored_per_row
 
 
@@ -331,7 +348,7 @@ def _add_round(acc: Accumulator, grid: BatchGrid, start: int, active: np.ndarray
         b = start + k
         r = grid.rows(b)
         v = np.zeros((active.shape[1], r, 3)) if vals is None else vals[k, :, :r]
-        acc.add(grid.start(b), active[k], v, grid.scored_per_row)
+        acc.add(grid.start(b), active[k], v, grid.tokens(b))
 
 
 def planned_forwards(rule: StopRule, acc: Accumulator, grid: BatchGrid, first: int, max_batches: int | None,
@@ -349,7 +366,7 @@ def planned_forwards(rule: StopRule, acc: Accumulator, grid: BatchGrid, first: i
 
 
 # ------------------------------------------------------------------------------------------------
-# One forward pass: (batch b, level i) -> per-row values
+# Seeds of the masks and of the data order (the forward itself: mdm_sched.masking)
 # ------------------------------------------------------------------------------------------------
 
 def _mask_seed(seed: int, batch: int, level: int) -> int:
@@ -360,48 +377,6 @@ def _mask_seed(seed: int, batch: int, level: int) -> int:
 def _perm_seed(seed: int) -> int:
     """Seed of the data permutation (tagged, so it never coincides with a mask seed)."""
     return int(np.random.SeedSequence([seed, 0x5EED]).generate_state(1, np.uint64)[0] >> np.uint64(1))
-
-
-def _masks(r: int, n: int, level: int, *, n_eff: int, prompt_length: int, block_length: int | None,
-           gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(scored, masked)`` ``[r, prompt_length + n]``: exactly ``level`` of the ``n_eff`` positions visible."""
-    ranks = torch.rand(r, n_eff, generator=gen).argsort(1).argsort(1)  # the `level` smallest of iid uniforms
-    scored_local = ranks >= level
-    if block_length is None:
-        scored = masked = scored_local
-    else:
-        # a uniformly chosen block per row: earlier blocks visible, later blocks masked (not scored)
-        blk = torch.randint(n // block_length, (r,), generator=gen)
-        cols = blk.unsqueeze(1) * block_length + torch.arange(block_length)
-        scored = torch.zeros(r, n, dtype=torch.bool).scatter_(1, cols, scored_local)
-        later = torch.arange(n).unsqueeze(0) >= ((blk + 1) * block_length).unsqueeze(1)
-        masked = scored | later
-    if prompt_length:
-        pad = torch.zeros(r, prompt_length, dtype=torch.bool)
-        scored, masked = torch.cat([pad, scored], 1), torch.cat([pad, masked], 1)
-    return scored, masked
-
-
-def _forward_rows(mlm: MaskedLM, x: torch.Tensor, level: int, *, n_eff: int, prompt_length: int,
-                  block_length: int | None, seed: int, batch: int) -> torch.Tensor:
-    """Per-row mean CE, predictive entropy and top-1 accuracy ``[R, 3]`` (float64) for one forward at
-    visible count ``level`` on rows ``x`` ``[R, prompt_length + N]``."""
-    r, width = x.shape
-    gen = torch.Generator().manual_seed(_mask_seed(seed, batch, level))
-    scored, masked = _masks(r, width - prompt_length, level, n_eff=n_eff, prompt_length=prompt_length,
-                            block_length=block_length, gen=gen)
-    logits = mlm.logits(x.masked_fill(masked, mlm.mask_token_id), None, positions=scored)
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    true = x[scored].to(logp.device)
-    ce = -logp.gather(1, true.unsqueeze(1)).squeeze(1)
-    if not bool(torch.isfinite(ce).all()):
-        raise ValueError("a data token got probability 0 under the model (infinite cross-entropy): the data contain "
-                         "tokens the adapter suppresses; strip special tokens from the data")
-    ent = torch.special.entr(logp.exp()).sum(-1)
-    acc = (logits.argmax(-1) == true)
-    m = n_eff - level  # every row scores exactly m tokens, so row means are a reshape away
-    vals = torch.stack([ce.double(), ent.double(), acc.double()], dim=1).view(r, m, 3).mean(1)
-    return vals.cpu()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -430,15 +405,16 @@ class Accumulator:
             self.count = np.pad(self.count, ((0, 0), (0, extra)))
             self.sums = np.pad(self.sums, ((0, 0), (0, extra), (0, 0)))
 
-    def add(self, start: int, active: np.ndarray, vals: np.ndarray, scored: np.ndarray) -> None:
-        """Rows at sequence positions ``start..start+R-1``; ``vals`` ``[L, R, 3]``; ``active`` ``[L]``."""
+    def add(self, start: int, active: np.ndarray, vals: np.ndarray, tokens: np.ndarray) -> None:
+        """Rows at sequence positions ``start..start+R-1``; ``vals`` ``[L, R, 3]``; ``active`` ``[L]``;
+        ``tokens`` ``[L]``: the tokens the rows scored at each level."""
         r = vals.shape[1]
         self._grow(start + r)
         a = active.astype(np.float64)
         self.count[:, start:start + r] += a[:, None]
         self.sums[:, start:start + r] += vals * a[:, None, None]
         self.sq += (vals ** 2).sum(1) * a[:, None]
-        self.tokens += a * r * scored
+        self.tokens += a * tokens
 
     @property
     def rows(self) -> np.ndarray:
@@ -504,7 +480,8 @@ def _save_checkpoint(path: Path, fingerprint: dict[str, Any], progress: _Progres
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _load_checkpoint(path: Path, fingerprint: dict[str, Any], n_levels: int) -> _Progress | None:
+def _load_checkpoint(path: Path, fingerprint: dict[str, Any], n_levels: int,
+                     accumulator: type[Accumulator] | None = None) -> _Progress | None:
     """The progress saved in ``path`` (None if there is no file); refuses other arguments or corrupted files."""
     if not path.exists():
         return None
@@ -526,7 +503,7 @@ def _load_checkpoint(path: Path, fingerprint: dict[str, Any], n_levels: int) -> 
         raise ValueError(f"checkpoint {path} was made with different arguments ({'; '.join(diff)}); rerun with the "
                          "same arguments to resume, or delete the file / pass another checkpoint= path to start over")
     try:  # a version-1 file also holds "planned": the token sums again, not needed
-        return _Progress(Accumulator.from_arrays(arrays, n_levels), int(header["next_batch"]),
+        return _Progress((accumulator or Accumulator).from_arrays(arrays, n_levels), int(header["next_batch"]),
                          int(header.get("forwards", 0)))
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"checkpoint {path} is corrupted ({exc}); delete it to start over") from exc
@@ -554,7 +531,7 @@ class _Run:
     """Everything fixed during a run: the model, the permuted rows, the grid, the rule and the processes."""
 
     mlm: MaskedLM
-    x: torch.Tensor  # rows in the run's permutation
+    rows: Rows  # the examples in the run's permutation
     heldout: _Heldout
     grid: BatchGrid
     rule: StopRule
@@ -570,10 +547,10 @@ class _Run:
             if k % self.dist.world != self.dist.rank:
                 continue
             b = start + int(bi)
-            rows = self.x[self.grid.start(b):self.grid.start(b) + self.grid.rows(b)]
-            vals[bi, li, :len(rows)] = _forward_rows(self.mlm, rows, int(lv[li]), n_eff=self.heldout.n_eff,
-                                                     prompt_length=s.prompt_length, block_length=s.block_length,
-                                                     seed=s.seed, batch=b)
+            rows = self.rows.slice(self.grid.start(b), self.grid.start(b) + self.grid.rows(b))
+            gen = torch.Generator().manual_seed(_mask_seed(s.seed, b, int(lv[li])))
+            vals[bi, li, :rows.count] = forward_rows(self.mlm, rows, int(lv[li]), n_eff=self.heldout.n_eff,
+                                                     block_length=s.block_length, gen=gen)
             on_forward()
         return self.dist.all_reduce_sum(vals).numpy()
 
@@ -631,21 +608,38 @@ def _library_version() -> str:
     return __version__
 
 
-def _metadata(run: _Run, progress: _Progress, mc: np.ndarray, data_description: str | None) -> dict[str, Any]:
-    mlm, h, s = run.mlm, run.heldout, run.settings
+_PROMPT_HANDLING = {
+    "none": "every position is generated and scored",
+    "prompt": "the prompt (the first prompt_length tokens, or each example's prompt) is always visible and never "
+              "scored; visible counts of responses of different lengths are taken at equal visible fractions",
+    "infill": "each example's given positions are always visible and never scored; its masked region is generated; "
+              "regions of different lengths are taken at equal visible fractions",
+}
+
+
+def run_metadata(mlm: MaskedLM, h: _Heldout, s: _Settings, *, order: str, forwards: int, processes: int,
+                 mc: np.ndarray, data_description: str | None) -> dict[str, Any]:
+    """The metadata every estimated profile carries (model, data, conditioning, order, lengths, run settings)."""
     config = getattr(mlm.model, "config", None)
     return {"model": mlm.name_or_path or type(mlm.model).__name__, "model_class": type(mlm.model).__name__,
             "family": mlm.family, "revision": getattr(config, "_commit_hash", None), "config_hash": mlm.config_hash,
             "data": data_description or h.description, "data_sha256": h.sha256,
             "sequences": h.counts["kept"], "sequences_dropped": h.counts["dropped"],
             "sequences_cropped": h.counts["cropped"], "sequence_tokens": h.n, "prompt_length": s.prompt_length,
-            "prompt_handling": "the first prompt_length tokens of each sequence are always visible and never scored",
-            "block_length": s.block_length, "lengths": [h.n_eff], "batch_size": s.batch_size,
-            "stop": run.rule.metadata(), "seed": s.seed, "forwards": progress.forwards, "processes": run.dist.world,
+            "prompt_handling": _PROMPT_HANDLING[h.ex.kind], "conditioning": h.ex.conditioning(),
+            "order": order, "source": "heldout",
+            "block_length": s.block_length, "lengths": h.lengths(), "batch_size": s.batch_size,
+            "seed": s.seed, "forwards": forwards, "processes": processes,
             "dtype": str(mlm.dtype).replace("torch.", ""),
             "mc_se": [float(v) if math.isfinite(v) else None for v in mc[:, 0].tolist()],
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "library_version": _library_version()}
+
+
+def _metadata(run: _Run, progress: _Progress, mc: np.ndarray, data_description: str | None) -> dict[str, Any]:
+    meta = run_metadata(run.mlm, run.heldout, run.settings, order="random", forwards=progress.forwards,
+                        processes=run.dist.world, mc=mc, data_description=data_description)
+    return dict(meta, stop=run.rule.metadata())
 
 
 def _profile(run: _Run, progress: _Progress, data_description: str | None) -> InformationProfile:
@@ -678,6 +672,8 @@ def estimate_profile(model: ModelLike, data: DataLike, *, n_tokens: int | None =
                      levels: LevelsLike = None,
                      batch_size: int = 16, tokens_per_level: int | None = None, target_se: float | None = None,
                      prompt_length: int = 0, block_length: int | None = None, text_column: str | None = None,
+                     prompt_column: str | None = None, response_column: str | None = None, chat: bool = False,
+                     visible: Sequence[Sequence[bool]] | None = None, order: str = "random",
                      seed: int = 0, progress: bool = True, checkpoint: PathLike | None = None,
                      checkpoint_every: int = 8, max_batches: int | None = None,
                      accelerator: AcceleratorLike | None = None, mask_token_id: int | None = None,
@@ -689,10 +685,12 @@ def estimate_profile(model: ModelLike, data: DataLike, *, n_tokens: int | None =
             LLaDA/Dream-style model, an oracle, any module returning ``.logits`` with ``mask_token_id=``).
         data: a ``datasets.Dataset``/``IterableDataset`` (``input_ids`` column, or a text column
             tokenised with the model's tokenizer), an iterable of token-id sequences or of strings, a 2-D
-            LongTensor, or a source spec string for :func:`mdm_sched.data.load_source`
-            (e.g. ``"antibody-germlines:human:H:test"``, a file path).
+            LongTensor, a source spec string for :func:`mdm_sched.data.load_source`
+            (e.g. ``"antibody-germlines:human:H:test"``, a file path), or an
+            :class:`~mdm_sched.conditioning.Examples` (per-example context: what is given, what is generated).
         n_tokens: generated length ``N`` to profile; ``None`` = most common length
-            (:func:`mdm_sched.data.fixed_length` states the length policy).
+            (:func:`mdm_sched.data.fixed_length` states the length policy). For prompt/response data: responses
+            longer than this are cropped (default: none; responses keep their lengths).
         levels: number of levels (default 48, denser near both ends), or explicit visible counts
             (ints) or visible fractions (floats in [0, 1)).
         batch_size: rows per forward pass; one forward per (batch, level).
@@ -704,6 +702,15 @@ def estimate_profile(model: ModelLike, data: DataLike, *, n_tokens: int | None =
         block_length: profile within blocks of this length (earlier blocks visible, later ones masked),
             for semi-autoregressive generation; the profile's ``n_tokens`` is then the block length.
         text_column: the text column of a dataset.
+        prompt_column, response_column: prompt/response pairs of any lengths from two columns (text or ids)
+            of a dataset: the prompt is always visible, only the response is generated and scored.
+        chat: render prompts with the tokenizer's chat template (one user message per ``prompt_column``
+            entry; without columns, a ``messages`` column of conversations whose last, assistant message is
+            the response).
+        visible: per example, a boolean mask of the positions always given (infilling: the rest is generated).
+        order: ``"random"`` (the sampler the theory is exact for), or ``"confidence"``, ``"margin"``,
+            ``"entropy"`` for the ordering-aware policy profile (:mod:`mdm_sched.policy`: teacher forcing along
+            the model's own order, one pass over the data by default, ``max_batches`` caps it).
         seed: seed of the data order and of every mask.
         progress: show a tqdm progress bar (process 0 only).
         checkpoint: ``.npz`` file of partial sums; an existing one made with the same arguments is
@@ -718,23 +725,48 @@ def estimate_profile(model: ModelLike, data: DataLike, *, n_tokens: int | None =
 
     Returns:
         An :class:`InformationProfile` (identical on every process). Its ``se`` clusters rows by
-        sequence, so it includes the error of having finitely many held-out sequences.
+        sequence, so it includes the error of having finitely many held-out sequences. Its metadata says
+        what was conditioned on (``"conditioning"``) and along which order (``"order"``).
     """
     from .models import wrap
+    from .orders import ORDERS
 
     mlm = wrap(model, mask_token_id=mask_token_id)
+    check_choice(order, "order", tuple(ORDERS))
+    if order != "random" and (tokens_per_level is not None or target_se is not None):
+        raise ValueError(f"order={order!r}: a policy profile walks whole examples (one forward per visible "
+                         "count), so tokens_per_level=/target_se= do not apply; set the work with max_batches= "
+                         "(default: one pass over the data)")
     rule = stop_rule(tokens_per_level, target_se)
     s = _settings(rule, batch_size=batch_size, prompt_length=prompt_length, block_length=block_length, seed=seed,
                   checkpoint_every=checkpoint_every, max_batches=max_batches, n_tokens=n_tokens)
     dist = DistContext.resolve(accelerator)
+    cond = {"prompt_column": prompt_column, "response_column": response_column, "chat": bool(chat), "visible": visible}
     h = _prepare_heldout(mlm, data, n_tokens=s.n_tokens, prompt_length=s.prompt_length, block_length=s.block_length,
-                         levels=levels, text_column=text_column)
+                         levels=levels, text_column=text_column, conditioning=cond)
     # One seeded permutation of the data; batch b takes its slice (b mod batches per pass). Any prefix
     # of batches is then a random subset, whatever order the data came in.
-    perm = torch.randperm(h.x.shape[0], generator=torch.Generator().manual_seed(_perm_seed(s.seed)))
-    run = _Run(mlm, h.x[perm], h, BatchGrid(h.x.shape[0], s.batch_size, h.n_eff - h.levels), rule, s, dist)
+    perm = torch.randperm(len(h.ex), generator=torch.Generator().manual_seed(_perm_seed(s.seed)))
+    rows = Rows(h.ex.ids[perm], h.ex.widths[perm], h.ex.target[perm])
     ckpt = Path(checkpoint) if checkpoint is not None else None
+    if order != "random":
+        from .policy import estimate_policy
+
+        return estimate_policy(mlm, rows, h, order, s, dist, ckpt, progress=progress, description=data_description)
+    run = _Run(mlm, rows, h, _grid(h, rows, s), rule, s, dist)
     state = (_load_checkpoint(ckpt, _fingerprint(run), h.levels.size) if ckpt is not None else None) \
         or _Progress(Accumulator(h.levels.size))
     _run_rounds(run, state, ckpt, progress)
     return _profile(run, state, data_description)
+
+
+def _grid(h: _Heldout, rows: Rows, s: _Settings) -> BatchGrid:
+    """The batch grid; with targets of different lengths each row's scored count at each level is its own
+    (with blocks: that of a full-length block, the count the stop rule plans with)."""
+    row_scored = None
+    if not h.ex.equal_targets:
+        length = rows.n_targets.numpy()[:, None]
+        if s.block_length is not None:
+            length = np.minimum(length, s.block_length)
+        row_scored = (length - (h.levels[None, :] * length) // h.n_eff).astype(np.float64)
+    return BatchGrid(len(h.ex), s.batch_size, h.n_eff - h.levels, row_scored)

@@ -13,8 +13,10 @@ Measuring one is :func:`mdm_sched.estimate.estimate_profile` (also importable fr
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
+import textwrap
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -31,12 +33,15 @@ if TYPE_CHECKING:
     from ._types import ModelLike
     from .estimate import default_levels, estimate_profile
 
-__all__ = ["InformationProfile", "isotonic_nonincreasing", "LENGTH_TOLERANCE",
+__all__ = ["InformationProfile", "isotonic_nonincreasing", "LENGTH_TOLERANCE", "usage_mismatch", "warn_schedule_mismatch",
            # measured by the estimator; re-exported lazily (mdm_sched.estimate imports this module)
            "estimate_profile", "default_levels"]
 
 _FORMAT = "mdm_sched.profile"
-_FORMAT_VERSION = 1
+#: Version 2 adds the policy profile's ``rank_ce`` table; random-order profiles are still written as version 1
+#: (readable by older libraries), policy profiles as 2 (an older library refuses them instead of misreading
+#: ``CE_1`` as a random-order curve).
+_FORMAT_VERSION = 2
 #: A profile used for a length outside [measured / LENGTH_TOLERANCE, measured * LENGTH_TOLERANCE] warns.
 LENGTH_TOLERANCE = 2.0
 # Names that live in mdm_sched.estimate but have always been importable from here.
@@ -104,6 +109,55 @@ def _fit_weights(se: np.ndarray) -> np.ndarray:
     return 1.0 / np.where(ok, se, floor) ** 2
 
 
+def _rank_table(table: npt.ArrayLike, levels: np.ndarray, n: int) -> np.ndarray:
+    """A validated rank table ``[levels, n]``: finite at ranks ``1..n-K`` of each level ``K``, NaN past them."""
+    t = np.asarray(table, dtype=np.float64)
+    if t.shape != (levels.size, n):
+        raise ValueError(f"rank_ce must have shape (levels, n_tokens) = {(levels.size, n)}, got {t.shape}")
+    valid = np.arange(n)[None, :] < (n - levels)[:, None]
+    if not np.all(np.isfinite(t[valid])):
+        raise ValueError("rank_ce must be finite at ranks 1..n_tokens-K of every level K")
+    return np.where(valid, t, np.nan)
+
+
+def _fit_ranks(table: np.ndarray, levels: np.ndarray, n: int) -> np.ndarray:
+    """Each level's row fitted non-decreasing in the rank (isotonic, equal weights)."""
+    out = np.full_like(table, np.nan)
+    for j, k in enumerate(levels.tolist()):
+        out[j, :n - k] = -isotonic_nonincreasing(-table[j, :n - k])
+    return out
+
+
+def usage_mismatch(profile_order: str, profile_conditioning: str, *, order: str | None = None,
+                   conditioning: str | None = None) -> str | None:
+    """Why a profile measured for ``profile_order`` / ``profile_conditioning`` does not fit a generation with
+    ``order`` / ``conditioning`` (``None``: not checked); None when it fits."""
+    parts = []
+    if order is not None and order != profile_order:
+        parts.append(f"order={profile_order!r} but the generation uses order={order!r}")
+    if conditioning is not None and conditioning != profile_conditioning:
+        parts.append(f"conditioning={profile_conditioning!r} but the generation's is {conditioning!r}")
+    if not parts:
+        return None
+    how = (f"ms.estimate_profile(..., order={order!r})" if order not in (None, "random")
+           else "ms.estimate_profile(...)")
+    return ("the profile behind this schedule was measured with " + " and ".join(parts) + "; the schedule is optimal "
+            f"only for the sampler its profile describes: estimate a matching one ({how} on data conditioned as in "
+            "deployment)")
+
+
+def warn_schedule_mismatch(schedule: Any, *, order: str, conditioning: str, stacklevel: int = 3) -> None:
+    """Warn once when ``schedule`` (a :class:`~mdm_sched.schedules.Schedule` built from a profile, whose metadata
+    names the profile's order and conditioning) is used with another order or conditioning."""
+    meta = getattr(schedule, "metadata", None)
+    if not isinstance(meta, Mapping) or "profile_order" not in meta:
+        return
+    why = usage_mismatch(str(meta["profile_order"]), str(meta.get("profile_conditioning") or "none"),
+                         order=order, conditioning=conditioning)
+    if why:
+        warnings.warn(why, UserWarning, stacklevel=stacklevel)
+
+
 # ------------------------------------------------------------------------------------------------
 # InformationProfile
 # ------------------------------------------------------------------------------------------------
@@ -125,7 +179,9 @@ class InformationProfile(PretrainedJSON):
     Attributes (numpy arrays, one entry per level): ``levels``, ``fractions``, ``ce`` (mean masked-token
     cross-entropy, nats), ``se`` (its standard error over rows), ``entropy`` (mean predictive entropy),
     ``entropy_se``, ``accuracy`` (top-1), ``tokens`` (scored tokens), ``rows`` (forward rows).
-    ``metadata``: model, data, lengths, date, library version, ...
+    ``metadata``: model, data, lengths, conditioning, order, date, library version, ...
+    Ordering-aware (policy) profiles also hold ``rank_ce [levels, n_tokens]``, the mean loss of the ``r``-th
+    ranked masked position at each level (their ``ce`` is its first column; :mod:`mdm_sched.policy`).
 
     Two profiles compare equal when their measured arrays and ``n_tokens`` are identical (metadata such
     as the date is ignored).
@@ -145,7 +201,8 @@ class InformationProfile(PretrainedJSON):
                  accuracy: Sequence[float] | np.ndarray | None = None,
                  tokens: Sequence[int] | np.ndarray | None = None,
                  rows: Sequence[int] | np.ndarray | None = None,
-                 metadata: Mapping[str, Any] | None = None) -> None:
+                 metadata: Mapping[str, Any] | None = None,
+                 rank_ce: npt.ArrayLike | None = None) -> None:
         n = check_int(n_tokens, "n_tokens", minimum=1)
         lv = np.asarray(levels)
         if lv.ndim != 1 or lv.size == 0:
@@ -170,7 +227,9 @@ class InformationProfile(PretrainedJSON):
         self.tokens = np.zeros(k, np.int64) if tokens is None else _as_array(tokens, "tokens", k, np.int64)
         self.rows = np.zeros(k, np.int64) if rows is None else _as_array(rows, "rows", k, np.int64)
         self._metadata = dict(metadata or {})
+        self.rank_ce = None if rank_ce is None else _rank_table(rank_ce, lv, n)
         self._fitted: np.ndarray | None = None
+        self._fitted_ranks: np.ndarray | None = None
 
     # -- basic views -------------------------------------------------------------------------------
     @property
@@ -187,6 +246,36 @@ class InformationProfile(PretrainedJSON):
     def metadata(self) -> dict[str, Any]:
         """A copy of the metadata."""
         return dict(self._metadata)
+
+    @property
+    def kind(self) -> str:
+        """``"random"`` (the random-order profile ``CE(i)``) or ``"policy"`` (ordering-aware: a rank table
+        ``CE_r(K)`` measured along the model's own order, :mod:`mdm_sched.policy`)."""
+        return "random" if self.rank_ce is None else "policy"
+
+    @property
+    def order(self) -> str:
+        """The generation order the profile was measured for (``"random"`` for profiles from before orders)."""
+        return str(self._metadata.get("order") or "random")
+
+    @property
+    def conditioning(self) -> str:
+        """What the profile conditions on: ``"none"``, ``"prompt"`` (an always-visible prompt) or ``"infill"``."""
+        cond = self._metadata.get("conditioning")
+        if isinstance(cond, Mapping) and cond.get("kind"):
+            return str(cond["kind"])
+        return "prompt" if self._metadata.get("prompt_length") else "none"
+
+    @property
+    def source(self) -> str:
+        """``"heldout"`` (held-out data) or ``"self"`` (the model's own N-call samples: data-free)."""
+        return str(self._metadata.get("source") or "heldout")
+
+    def with_metadata(self, **updates: Any) -> InformationProfile:
+        """A copy whose metadata has ``updates`` applied (the measurements are shared, never copied)."""
+        out = copy.copy(self)
+        out._metadata = dict(self._metadata, **updates)
+        return out
 
     @property
     def block_length(self) -> int | None:
@@ -206,8 +295,11 @@ class InformationProfile(PretrainedJSON):
         data = m.get("data") or "data"
         block = f", block_length={m['block_length']}" if m.get("block_length") else ""
         prompt = f", prompt_length={m['prompt_length']}" if m.get("prompt_length") else ""
-        return (f"profile of {model} on {data}: n_tokens={m.get('sequence_tokens', self._n_tokens)}{block}{prompt}, "
-                f"{self.levels.size} levels, {int(self.tokens.sum())} tokens")
+        cond = f", conditioning={self.conditioning}" if self.conditioning not in ("none",) and not prompt else ""
+        kind = f"{self.order}-order policy profile" if self.kind == "policy" else "profile"
+        src = " (self: the model's own samples)" if self.source == "self" and "self" not in str(data) else ""
+        return (f"{kind} of {model} on {data}{src}: n_tokens={m.get('sequence_tokens', self._n_tokens)}{block}{prompt}"
+                f"{cond}, {self.levels.size} levels, {int(self.tokens.sum())} tokens")
 
     def __repr__(self) -> str:
         return (f"InformationProfile(n_tokens={self._n_tokens}, levels={self.levels.size}, "
@@ -217,7 +309,9 @@ class InformationProfile(PretrainedJSON):
         if not isinstance(other, InformationProfile):
             return NotImplemented
         same = lambda a, b: a.shape == b.shape and np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
-        return self._n_tokens == other._n_tokens and all(
+        ranks = (self.rank_ce is None) == (other.rank_ce is None) and (
+            self.rank_ce is None or same(self.rank_ce, other.rank_ce))
+        return ranks and self._n_tokens == other._n_tokens and all(
             same(getattr(self, k), getattr(other, k))
             for k in ("levels", "ce", "se", "entropy", "entropy_se", "accuracy", "tokens", "rows"))
 
@@ -225,10 +319,37 @@ class InformationProfile(PretrainedJSON):
 
     # -- fitted curves -----------------------------------------------------------------------------
     def fitted(self) -> np.ndarray:
-        """Isotonic (non-increasing) fit of ``ce`` at the measured levels, weighted by ``1 / se**2``."""
+        """Isotonic (non-increasing) fit of ``ce`` at the measured levels, weighted by ``1 / se**2``.
+
+        Policy profiles: the rank-1 column of :meth:`fitted_ranks` (``CE_1(K)`` need not fall with ``K``
+        under an ordered sampler: the easy positions are used up first).
+        """
         if self._fitted is None:
-            self._fitted = isotonic_nonincreasing(self.ce, _fit_weights(self.se))
+            if self.rank_ce is not None:
+                self._fitted = self.fitted_ranks()[:, 0]
+            else:
+                self._fitted = isotonic_nonincreasing(self.ce, _fit_weights(self.se))
         return self._fitted.copy()
+
+    def fitted_ranks(self) -> np.ndarray:
+        """Policy profiles: the rank table ``CE_r(K)`` ``[levels, n_tokens]`` fitted non-decreasing in the rank
+        ``r`` at each level (worse-ranked positions are harder; NaN past the ``n_tokens - K`` masked positions)."""
+        if self.rank_ce is None:
+            raise ValueError("this is a random-order profile: it has no rank table (estimate one with order=...)")
+        if self._fitted_ranks is None:
+            self._fitted_ranks = _fit_ranks(self.rank_ce, self.levels, self._n_tokens)
+        return self._fitted_ranks.copy()
+
+    def block_costs(self, n_tokens: int | None = None) -> np.ndarray:
+        """Policy profiles: ``C[a, b]`` = predicted loss (nats) of revealing the ``b - a`` top-ranked masked
+        positions in one call at a state with ``a`` of ``n_tokens`` visible, ``sum_{r <= b-a} CE_r(a)``
+        (``inf`` where ``b <= a``); ``[n + 1, n + 1]``. See :func:`mdm_sched.policy.block_costs`."""
+        from .policy import block_costs
+
+        n = self._n_tokens if n_tokens is None else check_int(n_tokens, "n_tokens", minimum=1)
+        if n_tokens is not None:
+            self._check_length(n)
+        return block_costs(self.fitted_ranks(), self.levels, self._n_tokens, n)
 
     def _check_length(self, n: int) -> None:
         lo, hi = min(self.lengths), max(self.lengths)
@@ -258,6 +379,8 @@ class InformationProfile(PretrainedJSON):
             raise ValueError(f"kind must be 'ce' or 'entropy', got {kind!r}")
         x = np.arange(n, dtype=np.float64) / n
         out = np.interp(x, self.fractions, fit)
+        if self.rank_ce is not None and kind == "ce":
+            return out  # CE_1(K) of an ordered sampler need not fall (its block costs drive the schedule)
         return np.minimum.accumulate(out)  # interpolation is monotone already; this removes rounding ripples
 
     @property
@@ -271,22 +394,34 @@ class InformationProfile(PretrainedJSON):
         """``J(constant) / J(optimal)`` for ``steps`` calls on the fitted curve (>= 1; 1 means no gain).
 
         Warns when the profile is flat within its error: the fitted curve is then a noise staircase that
-        the optimum can exploit, so the ratio says nothing (any schedule is as good as constant).
+        the optimum can exploit, so the ratio says nothing (any schedule is as good as constant). Policy
+        profiles: the ratio of their costs ``J`` (:func:`mdm_sched.schedules.cost`); ``CE_1(K)`` of an ordered
+        sampler need not fall, so the flatness check does not apply.
         """
+        if self.rank_ce is not None:
+            return _schedules.predicted_gain(self, steps, n_tokens=n_tokens or self._n_tokens)
         if self.drop_z < 3.0:
             warnings.warn(f"the profile drops by only {self.drop_z:.1f} standard errors from no to full context: "
                           "the model barely uses context, so predicted gains are not meaningful", stacklevel=2)
         return _schedules.predicted_gain(self.curve(n_tokens), steps)
 
     def bound(self, schedule: _schedules.Schedule | Sequence[int]) -> float:
-        """Held-out bound ``NLL_T`` (nats per token) of ``schedule`` on the fitted curve at its length."""
+        """Held-out bound ``NLL_T`` (nats per token) of ``schedule`` on the fitted curve at its length (policy
+        profiles: the predicted NLL of the ordered sampler, ``(1/N) sum_t C[K_{t-1}, K_t]``)."""
         sched = schedule if isinstance(schedule, _schedules.Schedule) else _schedules.Schedule(schedule)
+        if self.rank_ce is not None:
+            return _schedules.nll_bound(self, sched)
         return _schedules.nll_bound(self.curve(sched.n_tokens), sched)
 
-    def check(self, model: ModelLike | None = None, n_tokens: int | None = None, *, strict: bool = False) -> None:
+    def check(self, model: ModelLike | None = None, n_tokens: int | None = None, *, order: str | None = None,
+              conditioning: str | None = None, strict: bool = False) -> None:
         """Warn (``strict=True``: raise ValueError) when ``model`` is not the model the profile was measured
-        on (config hash) or ``n_tokens`` is far from the measured length."""
+        on (config hash), ``n_tokens`` is far from the measured length, or the generation ``order`` /
+        ``conditioning`` (``"none"``, ``"prompt"``, ``"infill"``) is not the one the profile was measured for."""
         problems = []
+        mismatch = usage_mismatch(self.order, self.conditioning, order=order, conditioning=conditioning)
+        if mismatch:
+            problems.append(mismatch)
         if model is not None:
             from .models import wrap
 
@@ -313,13 +448,14 @@ class InformationProfile(PretrainedJSON):
         def floats(a: np.ndarray) -> list[float | None]:
             return [None if not math.isfinite(v) else float(v) for v in a.tolist()]
 
-        return {"format": _FORMAT, "version": _FORMAT_VERSION, "n_tokens": self._n_tokens,
+        return {"format": _FORMAT, "version": 1 if self.rank_ce is None else 2, "n_tokens": self._n_tokens,
                 "levels": self.levels.tolist(), "fractions": self.fractions.tolist(),
                 "ce": floats(self.ce), "se": floats(self.se), "entropy": floats(self.entropy),
                 "entropy_se": floats(self.entropy_se), "accuracy": floats(self.accuracy),
                 "tokens": self.tokens.tolist(), "rows": self.rows.tolist(),
                 "fitted_ce": floats(self.fitted()), "metadata": self._metadata,
-                "mdm_sched_version": library_version()}
+                "mdm_sched_version": library_version(),
+                **({} if self.rank_ce is None else {"rank_ce": [floats(r) for r in self.rank_ce]})}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> InformationProfile:
@@ -334,7 +470,9 @@ class InformationProfile(PretrainedJSON):
         try:
             return cls(data["levels"], floats("ce"), floats("se"), n_tokens=data["n_tokens"],
                        entropy=floats("entropy"), entropy_se=floats("entropy_se"), accuracy=floats("accuracy"),
-                       tokens=data.get("tokens"), rows=data.get("rows"), metadata=data.get("metadata"))
+                       tokens=data.get("tokens"), rows=data.get("rows"), metadata=data.get("metadata"),
+                       rank_ce=None if data.get("rank_ce") is None else
+                       [[math.nan if x is None else x for x in r] for r in data["rank_ce"]])
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"corrupted profile ({type(exc).__name__}: {exc}); re-estimate it") from exc
 
@@ -356,17 +494,29 @@ class InformationProfile(PretrainedJSON):
         fig = new_figure((7.0, 4.5), dpi=120)
         ax = fig.add_subplot(1, 1, 1)
         x = self.fractions
+        policy = self.rank_ce is not None
         ax.errorbar(x, self.ce, yerr=np.nan_to_num(self.se), fmt="o", ms=3, capsize=2, color="C0",
-                    label="cross-entropy (± SE)")
-        fine = self.curve()
-        ax.plot(np.arange(self._n_tokens) / self._n_tokens, fine, "-", color="C0", lw=1.2, label="isotonic fit")
+                    label="CE of the top-ranked position, CE_1(K) (± SE)" if policy else "cross-entropy (± SE)")
+        if policy:
+            self._plot_ranks(ax)
+        else:
+            fine = self.curve()
+            ax.plot(np.arange(self._n_tokens) / self._n_tokens, fine, "-", color="C0", lw=1.2, label="isotonic fit")
         if np.all(np.isfinite(self.entropy)):
             ax.errorbar(x, self.entropy, yerr=np.nan_to_num(self.entropy_se), fmt="s", ms=3, capsize=2,
                         color="C1", alpha=0.8, label="predictive entropy (± SE)")
-        ax.set_xlabel("visible fraction i / N")
+        ax.set_xlabel("visible fraction K / N" + (f" ({self.order}-order path)" if policy else ""))
         ax.set_ylabel("nats per masked token")
         ax.set_xlim(-0.02, 1.0)
         ax.grid(alpha=0.3)
-        ax.legend(loc="upper right", fontsize=8)
-        ax.set_title(title or self.description, fontsize=8)
+        ax.legend(loc="best" if policy else "upper right", fontsize=7 if policy else 8)
+        ax.set_title(textwrap.fill(title or self.description, 120), fontsize=8)
         atomic_write_png(fig, path)
+
+    def _plot_ranks(self, ax: Any) -> None:
+        """Policy profiles: the fitted rank table, one line per rank r = 1, 2, 4, 8, ... (CE_r(K) against K / N)."""
+        fit = self.fitted_ranks()
+        ranks = [r for r in (2 ** np.arange(12)).tolist() if r <= self._n_tokens]
+        for i, r in enumerate(ranks):
+            ok = np.isfinite(fit[:, r - 1])
+            ax.plot(self.fractions[ok], fit[ok, r - 1], "-", lw=1.0, color=f"C{(i + 2) % 10}", label=f"CE_{r}(K), fitted")

@@ -32,6 +32,7 @@ from .hooks import Hooks, StepState, Streamer
 from .models import MaskedLM, wrap
 from .orders import ORDERS as _ORDERS
 from .orders import Order, get_order
+from .profile import warn_schedule_mismatch
 from .rng import Randomness
 from .rules import FixedSchedule, RankedStats, RevealRule, Step
 from .schedules import Schedule
@@ -218,6 +219,9 @@ def _generate(mlm: MaskedLM, prompts: PromptLike | None, cfg: MaskedGenerationCo
     canvas = _canvas(mlm, prompts, cfg, attention_mask)
     blocks = plan_blocks(canvas, cfg.gen_length, cfg.block_length)
     rule = _rule(cfg, blocks)
+    if isinstance(rule, FixedSchedule):  # a schedule built from a profile of another order/conditioning: say so
+        conditioning = "none" if prompts is None else "infill" if cfg.gen_length == 0 else "prompt"
+        warn_schedule_mismatch(rule.schedule, order=get_order(cfg.order).name, conditioning=conditioning, stacklevel=4)
     hooks.check(canvas.x.shape[0])
     loop = _Loop(mlm=mlm, cfg=cfg, canvas=canvas, rule=rule, order=get_order(cfg.order),
                  rng=Randomness(generator, canvas.x.shape[0], canvas.x.device), stopping=_stopping(mlm, cfg),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,7 @@ __all__ = [
     "cosine",
     "geometric",
     "optimal",
+    "optimal_blocks",
     "sqrt_rule",
     "cost",
     "nll_bound",
@@ -389,25 +391,107 @@ def _dp_layer(d_prev: np.ndarray, curve: np.ndarray, prefix: np.ndarray, cols: n
     return best, arg
 
 
+def _is_policy(obj: Any) -> bool:
+    """An ordering-aware profile (its schedule cost comes from a block-cost table, not a curve)."""
+    return getattr(obj, "kind", None) == "policy" and callable(getattr(obj, "block_costs", None))
+
+
+def _profile_metadata(profile: Any) -> dict[str, Any]:
+    """What a schedule built from ``profile`` records about it (``generate`` warns on a mismatch)."""
+    if not hasattr(profile, "curve"):
+        return {}
+    return {"profile": getattr(profile, "description", None), "profile_kind": getattr(profile, "kind", "random"),
+            "profile_order": getattr(profile, "order", "random"),
+            "profile_conditioning": getattr(profile, "conditioning", "none"),
+            "profile_source": getattr(profile, "source", "heldout")}
+
+
+def _check_cap(n: int, t: int, max_tokens_per_step: int | None) -> int:
+    cap = n if max_tokens_per_step is None else check_int(max_tokens_per_step, "max_tokens_per_step", minimum=1)
+    if cap * t < n:
+        raise ValueError(f"max_tokens_per_step={cap} with steps={t} can reveal at most {cap * t} < n_tokens={n} "
+                         f"tokens; raise max_tokens_per_step to >= {math.ceil(n / t)} or use more steps")
+    return min(cap, n)
+
+
+def _table_dp(costs: np.ndarray, t: int, cap: int) -> tuple[list[int], float]:
+    """Exact ``min sum_s costs[K_{s-1}, K_s]`` over ``t`` calls, each revealing ``1..cap``: O(T N^2), any costs."""
+    n = costs.shape[0] - 1
+    a = np.arange(n + 1)
+    allowed = (a[None, :] > a[:, None]) & (a[None, :] - a[:, None] <= cap)
+    c = np.where(allowed, costs, np.inf)
+    d = np.full(n + 1, np.inf)
+    d[0] = 0.0
+    back = []
+    for _ in range(t):
+        total = d[:, None] + c  # [a, b]
+        arg = total.argmin(0)  # the smallest a among ties
+        d = total[arg, a]
+        back.append(arg)
+    if not math.isfinite(d[n]):
+        raise ValueError(f"no schedule of {t} calls reveals {n} tokens at a finite cost")
+    k_cum = [n]
+    for arg in reversed(back):
+        k_cum.append(int(arg[k_cum[-1]]))
+    return np.diff(k_cum[::-1]).tolist(), float(d[n])
+
+
+def optimal_blocks(costs: Any, steps: int, max_tokens_per_step: int | None = None) -> Schedule:
+    """The schedule minimising ``sum_t costs[K_{t-1}, K_t]`` exactly, for any block-cost table.
+
+    ``costs`` is ``[N + 1, N + 1]`` (entries with ``b <= a`` are ignored; ``inf`` forbids a block). This is
+    the DP of THEORY.md section 4 without the Monge shortcut, O(T N^2) time: ordering-aware profiles give
+    block costs ``sum_{r <= b-a} CE_r(a)`` that need not be Monge (:mod:`mdm_sched.policy`).
+    """
+    c = np.asarray(costs.detach().cpu().double().numpy() if isinstance(costs, torch.Tensor) else costs,
+                   dtype=np.float64)
+    if c.ndim != 2 or c.shape[0] != c.shape[1] or c.shape[0] < 2:
+        raise ValueError(f"costs must be a square [N + 1, N + 1] table with N >= 1, got shape {c.shape}")
+    n, t = _check_steps(c.shape[0] - 1, steps)
+    sizes, total = _table_dp(c, t, _check_cap(n, t, max_tokens_per_step))
+    return Schedule(sizes, name="optimal", metadata={"builder": "optimal", "cost": total, "dp": "table",
+                                                     "max_tokens_per_step": max_tokens_per_step})
+
+
+def _optimal_policy(profile: Any, steps: int, max_tokens_per_step: int | None, n_tokens: int | None) -> Schedule:
+    """:func:`optimal` for an ordering-aware profile: the table DP on its block costs; ``cost`` is ``J``."""
+    n = profile.n_tokens if n_tokens is None else check_int(n_tokens, "n_tokens", minimum=1)
+    costs = profile.block_costs(n)
+    sched = optimal_blocks(costs, steps, max_tokens_per_step)
+    meta = dict(sched.metadata, cost=float(sched.metadata["cost"] - _one_per_call(costs)), **_profile_metadata(profile))
+    return Schedule(sched.sizes, name="optimal", metadata=meta)
+
+
+def _one_per_call(costs: np.ndarray) -> float:
+    """``sum_i costs[i, i+1]``: the N-call sampler's loss, the baseline the cost ``J`` is measured from."""
+    i = np.arange(costs.shape[0] - 1)
+    return float(costs[i, i + 1].sum())
+
+
 def optimal(curve_or_profile: Any, steps: int, max_tokens_per_step: int | None = None, *,
             n_tokens: int | None = None) -> Schedule:
     """The schedule with ``steps`` calls that minimises the cost ``J`` (hence the held-out bound) exactly.
 
     Args:
         curve_or_profile: non-increasing CE curve ``CE(0..N-1)`` (array-like), or an
-            :class:`~mdm_sched.InformationProfile` together with ``n_tokens``.
+            :class:`~mdm_sched.InformationProfile` of any kind: random-order (the DP on its fitted curve,
+            Monge, O(T N log N)) or ordering-aware (``order=`` confidence/margin/entropy: the DP on its
+            block-cost table, O(T N^2)).
         steps: number of model calls ``T`` (1 <= T <= N).
         max_tokens_per_step: optional cap on tokens revealed per call.
-        n_tokens: generation length; required for a profile, checked against a curve.
+        n_tokens: generation length; checked against a curve; for a profile, default its measured length.
+
+    The schedule's metadata names the profile (``profile``, ``profile_kind``, ``profile_order``,
+    ``profile_conditioning``): :func:`mdm_sched.generate` warns when it is used for another order or conditioning.
     """
+    if _is_policy(curve_or_profile):
+        return _optimal_policy(curve_or_profile, steps, max_tokens_per_step, n_tokens)
+    if hasattr(curve_or_profile, "curve") and n_tokens is None:
+        n_tokens = getattr(curve_or_profile, "n_tokens", None)  # a profile: its measured length
     curve = _as_curve(curve_or_profile, n_tokens, argname="curve_or_profile")
     _check_nonincreasing(curve, "curve_or_profile")
     n, t = _check_steps(curve.size, steps)
-    cap = n if max_tokens_per_step is None else check_int(max_tokens_per_step, "max_tokens_per_step", minimum=1)
-    if cap * t < n:
-        raise ValueError(f"max_tokens_per_step={cap} with steps={t} can reveal at most {cap * t} < n_tokens={n} "
-                         f"tokens; raise max_tokens_per_step to >= {math.ceil(n / t)} or use more steps")
-    cap = min(cap, n)
+    cap = _check_cap(n, t, max_tokens_per_step)
     prefix = np.concatenate([[0.0], np.cumsum(curve)])
     d_prev = np.full(n + 1, np.inf)
     d_prev[0] = 0.0
@@ -431,9 +515,8 @@ def optimal(curve_or_profile: Any, steps: int, max_tokens_per_step: int | None =
         k_cum.append(int(parent[k_cum[-1]]))
     k_cum = k_cum[::-1]
     sizes = np.diff(k_cum)
-    meta = {"builder": "optimal", "cost": float(d_prev[n]), "max_tokens_per_step": max_tokens_per_step}
-    if hasattr(curve_or_profile, "curve"):
-        meta["profile"] = getattr(curve_or_profile, "description", None)
+    meta = {"builder": "optimal", "cost": float(d_prev[n]), "max_tokens_per_step": max_tokens_per_step,
+            **_profile_metadata(curve_or_profile)}
     return Schedule(sizes.tolist(), name="optimal", metadata=meta)
 
 
@@ -444,7 +527,13 @@ def sqrt_rule(curve_or_profile: Any, steps: int, *, n_tokens: int | None = None)
     (docs/theory.md §4), i.e. small steps where information arrives fast. It assumes the profile's
     slope is nearly constant within each call, so it is within ~1% of :func:`optimal` once T resolves the
     profile's curvature (N = 2000, T >= 50 on smooth profiles) and a few % off for very small T.
+    Random-order profiles only (an ordering-aware profile has no such closed form: use :func:`optimal`).
     """
+    if _is_policy(curve_or_profile):
+        raise ValueError("the sqrt rule needs a random-order profile; for an ordering-aware (policy) profile use "
+                         "schedules.optimal (the exact DP on its block costs)")
+    if hasattr(curve_or_profile, "curve") and n_tokens is None:
+        n_tokens = getattr(curve_or_profile, "n_tokens", None)  # a profile: its measured length
     curve = _as_curve(curve_or_profile, n_tokens, argname="curve_or_profile")
     _check_nonincreasing(curve, "curve_or_profile")
     n, t = _check_steps(curve.size, steps)
@@ -463,15 +552,31 @@ def sqrt_rule(curve_or_profile: Any, steps: int, *, n_tokens: int | None = None)
     m0, m1 = mass[idx - 1], mass[idx]
     w = np.where(m1 > m0, (targets - m0) / np.where(m1 > m0, m1 - m0, 1.0), 1.0)
     x = knots[idx - 1] + w * (knots[idx] - knots[idx - 1])
-    return Schedule(_sizes_from_fractions(x / n, n), name="sqrt", metadata={"builder": "sqrt"})
+    return Schedule(_sizes_from_fractions(x / n, n), name="sqrt",
+                    metadata={"builder": "sqrt", **_profile_metadata(curve_or_profile)})
 
 
 # ------------------------------------------------------------------------------------------------
 # Evaluating a schedule on a curve
 # ------------------------------------------------------------------------------------------------
 
+def _policy_sums(profile: Any, schedule: Schedule | Sequence[int]) -> tuple[float, float, int]:
+    """``(sum_t C[K_{t-1}, K_t], sum_i C[i, i+1], N)`` of a policy profile's block costs at the schedule's length."""
+    sched = schedule if isinstance(schedule, Schedule) else Schedule(schedule)
+    costs = profile.block_costs(sched.n_tokens)
+    k_cum = np.asarray(sched.cumulative)
+    return float(costs[k_cum[:-1], k_cum[1:]].sum()), _one_per_call(costs), sched.n_tokens
+
+
 def cost(curve: Any, schedule: Schedule | Sequence[int]) -> float:
-    """``J(k) = sum_t sum_{K_{t-1} <= i < K_t} [CE(K_{t-1}) - CE(i)]``: the part of the bound the schedule controls."""
+    """``J(k) = sum_t sum_{K_{t-1} <= i < K_t} [CE(K_{t-1}) - CE(i)]``: the part of the bound the schedule controls.
+
+    For an ordering-aware profile: ``J(k) = sum_t C[K_{t-1}, K_t] - sum_i C[i, i+1]``, the predicted excess
+    loss over the one-token-per-call ordered sampler (:mod:`mdm_sched.policy`).
+    """
+    if _is_policy(curve):
+        total, base, _ = _policy_sums(curve, schedule)
+        return total - base
     c = _as_curve(curve, None)
     sched = _check_schedule_for(c, schedule)
     k_cum = np.asarray(sched.cumulative)
@@ -486,7 +591,11 @@ def factorization_error(curve: Any, schedule: Schedule | Sequence[int]) -> float
 
 
 def nll_bound(curve: Any, schedule: Schedule | Sequence[int]) -> float:
-    """Held-out bound ``NLL_T(k) = (1/N) sum_t k_t CE(K_{t-1})`` in nats per token."""
+    """Held-out bound ``NLL_T(k) = (1/N) sum_t k_t CE(K_{t-1})`` in nats per token (ordering-aware profile:
+    ``(1/N) sum_t C[K_{t-1}, K_t]``, the ordered sampler's predicted NLL)."""
+    if _is_policy(curve):
+        total, _, n = _policy_sums(curve, schedule)
+        return total / n
     c = _as_curve(curve, None)
     sched = _check_schedule_for(c, schedule)
     k_cum = np.asarray(sched.cumulative)
@@ -495,6 +604,15 @@ def nll_bound(curve: Any, schedule: Schedule | Sequence[int]) -> float:
 
 def predicted_gain(curve: Any, steps: int, *, n_tokens: int | None = None) -> float:
     """``J(constant) / J(optimal)`` for ``steps`` calls: how much the optimum shrinks the schedule's cost."""
+    if _is_policy(curve):
+        n = curve.n_tokens if n_tokens is None else n_tokens
+        j_const, j_opt = cost(curve, constant(n, steps)), cost(curve, optimal(curve, steps, n_tokens=n))
+        if j_opt <= 0.0:
+            warnings.warn(f"the policy profile predicts the optimal {steps}-call schedule to lose nothing against one "
+                          f"token per call (J = {j_opt:.3g} <= 0): the ratio is not meaningful; compare the costs J "
+                          "(schedules.cost) instead", UserWarning, stacklevel=3)
+            return 1.0 if j_const <= j_opt else math.inf
+        return j_const / j_opt
     c = _as_curve(curve, n_tokens)
     j_const = cost(c, constant(c.size, steps))
     j_opt = cost(c, optimal(c, steps))
