@@ -236,6 +236,16 @@ def _positive_ints(text: str) -> tuple[int, ...]:
     return vals
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(v) for v in text.replace(",", " ").split())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
+    if not vals or min(vals) < 0:
+        raise argparse.ArgumentTypeError(f"expected non-negative numbers, got {text!r}")
+    return vals
+
+
 def _names(text: str) -> tuple[str, ...]:
     vals = tuple(v for v in text.replace(",", " ").split() if v)
     if not vals:
@@ -265,7 +275,8 @@ def _field_flag(parser: argparse.ArgumentParser, field: dataclasses.Field, hint:
         return
     convert: Callable[[str], object] | None = {int: int, float: float, str: str}.get(base)  # type: ignore[arg-type]
     if convert is None:
-        convert = _positive_ints if typing.get_args(base)[0] is int else _names
+        item = typing.get_args(base)[0]
+        convert = _positive_ints if item is int else _floats if item is float else _names
     parser.add_argument(flag, type=_or_none(convert) if optional else convert, default=argparse.SUPPRESS,
                         metavar=field.name.upper(), help=help_text)
 
