@@ -160,9 +160,15 @@ class _Run:
         self.eval_data = SplitSummary(cfg.eval_split, int(self.eval_x.shape[0]), ev["dropped"], ev["cropped"])
         self.profile_data = SplitSummary(cfg.profile_split, int(self.prof_x.shape[0]), pr["dropped"], pr["cropped"])
 
-    def stage(self, name: str, file: str, fingerprint: Mapping[str, object], compute: Callable[[], Payload]) -> Payload:
-        """``compute()``'s payload, cached under ``OUT/cache/file`` for this run's model and data plus ``fingerprint``."""
-        return cached_stage(self.cache / file, {**self.base_fp, **fingerprint}, compute, name=name, log=self.log)
+    def stage(self, name: str, file: str, fingerprint: Mapping[str, object], compute: Callable[[], Payload], *,
+              eval_subset: bool = True) -> Payload:
+        """``compute()``'s payload, cached under ``OUT/cache/file`` for this run's model and data plus ``fingerprint``.
+
+        ``eval_subset=False``: the stage does not use the (``max_eval_sequences``) evaluation subset, so changing
+        it does not invalidate the cache (the infilling stage fingerprints its own examples).
+        """
+        base = self.base_fp if eval_subset else {k: v for k, v in self.base_fp.items() if k != "n_eval"}
+        return cached_stage(self.cache / file, {**base, **fingerprint}, compute, name=name, log=self.log)
 
 
     # -- profile -----------------------------------------------------------------------------------

@@ -52,7 +52,8 @@ class StageHost(Protocol):
     cfg: EvalConfig
     forward_rows: int
 
-    def stage(self, name: str, file: str, fingerprint: Mapping[str, object], compute: Callable[[], Payload]) -> Payload:
+    def stage(self, name: str, file: str, fingerprint: Mapping[str, object], compute: Callable[[], Payload], *,
+              eval_subset: bool = True) -> Payload:
         ...
 
 
@@ -168,7 +169,8 @@ def _runs(host: StageHost, task: InfillTask, ctx: DecoderContext, task_fp: Mappi
                 key = _key(fp)
                 label = f"infill {order} {decoder.label(value)}" + (f" T={int(value)}" if decoder.fixed else "")
                 scores = host.stage(label, f"infill/{key}.json", fp,
-                                    lambda r=rule, o=order, k=key: _generate(host, task, o, r, int(k[:6], 16)))
+                                    lambda r=rule, o=order, k=key: _generate(host, task, o, r, int(k[:6], 16)),
+                                    eval_subset=False)
                 runs.append(_Run(order, decoder, value, scores))
     return runs
 
@@ -186,7 +188,7 @@ def _nll(host: StageHost, task: InfillTask, scheds: dict[str, Schedule], task_fp
 
     fp = {"what": "infill-nll", "task": task_fp, "n_orders": cfg.n_orders,
           "schedules": {k: list(s.sizes) for k, s in scheds.items()}}
-    return host.stage("infill conditional NLL", "infill/nll.json", fp, compute)
+    return host.stage("infill conditional NLL", "infill/nll.json", fp, compute, eval_subset=False)
 
 
 def _est(values: list[float]) -> tuple[float, float]:
