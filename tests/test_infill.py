@@ -216,3 +216,20 @@ def test_infill_accuracy_checks_its_input():
     with pytest.raises(ValueError, match="no target position"):
         metrics.conditional_likelihood(TabularOracle.random(3, 2), torch.zeros(1, 2, dtype=torch.long),
                                        torch.zeros(1, 2, dtype=torch.bool), [schedules.Schedule([1])])
+
+
+def test_build_task_on_any_text_data(tmp_path):
+    path = tmp_path / "verses.txt"
+    path.write_text("in the beginning was the word\nand the word was with god\n\nlet there be light\n")
+    source = data.load_source(str(path))
+    vocab: dict[str, int] = {}
+    encode = lambda texts: [[vocab.setdefault(w, len(vocab)) for w in t.split()] for t in texts]
+    task = tasks.build_task("span:2", source, encode, seed=1)
+    assert len(task) == 3 and task.n_targets.tolist() == [2, 2, 2] and task.name == "span2"
+    assert task.ids[0, :6].tolist() == encode(["in the beginning was the word"])[0]
+    mutated = tasks.build_task("span:2:mutate=0.5", source, encode, alphabet=range(len(vocab)), seed=1)
+    assert torch.equal(mutated.ids[mutated.target], task.ids[task.target]) and mutated.name == "span2+mut0.5"
+    with pytest.raises(ValueError, match="IMGT-gapped"):
+        tasks.build_task("imgt:27-65", source, encode)
+    with pytest.raises(ValueError, match="alphabet"):
+        tasks.build_task("span:2:mutate=0.5", source, encode)
