@@ -388,9 +388,9 @@ def _calls_saved_text(c: CallsSaved) -> tuple[str, str]:
     """('calls to match', 'calls saved') in words."""
     ref, t = c.reference_calls if c.reference_calls is not None else c.reference_budget, c.calls_to_match
     if t == float("-inf"):
-        return f"<= {c.lowest_calls:g}", f">= {ref - c.lowest_calls:g} ({(ref - c.lowest_calls) / ref:.0%})"
+        return f"<= {c.lowest_calls:.3g}", f">= {ref - c.lowest_calls:.3g} ({(ref - c.lowest_calls) / ref:.0%})"
     if t == float("inf"):
-        return f"> {c.highest_calls:g}", "none (never matches)"
+        return f"> {c.highest_calls:.3g}", "none (never matches)"
     if math.isnan(t):
         return "–", "–"
     return f"{t:.1f}", f"{ref - t:+.3g} ({(ref - t) / ref:+.0%})"
@@ -415,7 +415,10 @@ def infill_calls_saved(results: EvalResults) -> list[CallsSaved]:
     """Per order and sensitive metric: the calls each decoder needs to reach the baseline's quality at each budget
     of ``infill_budgets`` (all curves are metric against *mean calls made*, fitted monotone, then interpolated).
 
-    Metrics whose 1-call and one-call-per-token values do not differ (the sensitivity check) are left out.
+    The reference is the calls the baseline itself needs for that quality on its fitted curve: where the curve is
+    flat (a later budget no better than an earlier one) the earlier budget's calls count, not the later budget, so a
+    plateau cannot inflate the saving. Budgets that repeat an earlier reference quality are skipped. Metrics whose
+    1-call and one-call-per-token values do not differ (the sensitivity check) are left out.
     """
     if results.infill is None:
         return []
@@ -427,20 +430,31 @@ def infill_calls_saved(results: EvalResults) -> list[CallsSaved]:
             if not _infill_sensitive(results, metric, order):
                 continue
             sel = [r for r in rows if r.metric == metric and r.order == order]
-            base = _points_of(sel, BASELINE)
-            lower = _meta(metric)[1]
-            fitted = monotone_in_calls([r.value for r in base], lower)
-            for i, ref in enumerate(base):
-                if ref.budget not in results.config.infill_budgets:
-                    continue
-                for decoder in dict.fromkeys(r.decoder for r in sel):
-                    pts = _points_of(sel, decoder)
-                    if decoder == BASELINE or not pts:
-                        continue
-                    t_star = calls_to_match([p.calls for p in pts], [p.value for p in pts], float(fitted[i]), lower)
-                    out.append(CallsSaved(metric, decoder, BASELINE, int(ref.budget), float(fitted[i]), t_star,
-                                          float(pts[0].calls), float(pts[-1].calls), order=order, task=task,
-                                          reference_calls=float(ref.calls)))
+            out += _saved_against_baseline(results, sel, metric, order, task)
+    return out
+
+
+def _saved_against_baseline(results: EvalResults, sel: Sequence[ResultRow], metric: str, order: str,
+                            task: str) -> list[CallsSaved]:
+    base = _points_of(sel, BASELINE)
+    lower = _meta(metric)[1]
+    calls = [float(r.calls or 0.0) for r in base]
+    fitted = monotone_in_calls([r.value for r in base], lower)
+    out, seen = [], set()
+    for i, ref in enumerate(base):
+        target = float(fitted[i])
+        if ref.budget not in results.config.infill_budgets or target in seen:
+            continue
+        seen.add(target)
+        ref_calls = calls_to_match(calls, [r.value for r in base], target, lower)
+        ref_calls = calls[0] if ref_calls == float("-inf") else ref_calls
+        for decoder in dict.fromkeys(r.decoder for r in sel):
+            pts = _points_of(sel, decoder)
+            if decoder == BASELINE or not pts:
+                continue
+            t_star = calls_to_match([p.calls for p in pts], [p.value for p in pts], target, lower)
+            out.append(CallsSaved(metric, decoder, BASELINE, int(ref.budget), target, t_star, float(pts[0].calls),
+                                  float(pts[-1].calls), order=order, task=task, reference_calls=float(ref_calls)))
     return out
 
 
@@ -540,8 +554,8 @@ def infill_findings(results: EvalResults) -> list[str]:
                 goal = "meets" if ratio >= GOAL_RATIO else "misses"
                 out.append(f"Infilling {task.name}, order={order}, {_meta(metric)[0]}: the largest saving against "
                            f"{BASELINE} is {best.decoder} ({_calls_saved_text(best)[0]} calls for {BASELINE}'s quality "
-                           f"at T={best.reference_budget}, {best.reference_calls or best.reference_budget:.3g} mean calls:"
-                           f" {words} fewer; {goal} the {GOAL_RATIO:g}x goal).")
+                           f"at T={best.reference_budget}, reached with {best.reference_calls or best.reference_budget:.3g}"
+                           f" mean calls: {words} fewer; {goal} the {GOAL_RATIO:g}x goal).")
             elif saved:
                 out.append(f"Infilling {task.name}, order={order}, {_meta(metric)[0]}: no decoder reaches {BASELINE}'s "
                            "quality with fewer calls at any reference budget.")
@@ -557,7 +571,7 @@ def _infill_saved_table(results: EvalResults) -> str:
     saved = [c for c in results.calls_saved if results.infill is not None and c.task == results.infill.name]
     body = [[c.order, _meta(c.metric)[0], c.decoder, c.reference_budget, _fmt(c.reference_calls or 0.0),
              _fmt(c.baseline_value), *_calls_saved_text(c), _fewer(c)[1]] for c in saved]
-    return markdown_table(["order", "metric", "decoder", f"{BASELINE} T", f"{BASELINE} mean calls",
+    return markdown_table(["order", "metric", "decoder", f"{BASELINE} T", f"{BASELINE}'s calls for its value",
                            f"{BASELINE}'s value", "calls to match", "calls saved", "fewer calls"], body)
 
 
@@ -685,8 +699,9 @@ def _infill_section(res: EvalResults) -> list[str]:
                 if any(r.metric == m and r.order == order for r in res.rows_of(t.name))]
     out += ["", "### Calls saved at equal quality", "",
             f"Mean calls each decoder needs to reach the {BASELINE} schedule's quality at each of its budgets (every "
-            "curve is the metric against mean calls made, fitted monotone, interpolated linearly; metrics that fail "
-            "the sensitivity check are left out).", ""]
+            "curve is the metric against mean calls made, fitted monotone, interpolated linearly), against the calls "
+            f"{BASELINE} itself needs for that quality (on a flat stretch of its curve: the first budget that reaches "
+            "it). Metrics that fail the sensitivity check are left out.", ""]
     if any(c.task == t.name for c in res.calls_saved):
         out.append(_infill_saved_table(res))
     else:

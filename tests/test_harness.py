@@ -278,6 +278,13 @@ def test_infill_calls_saved_on_a_synthetic_curve():
     assert by[("exact_match", "threshold", 8)].ratio == pytest.approx(2.0)
     assert ("exact_match", "constant", 4) not in by and ("exact_match", "optimal", 2) in by
     assert by[("cond_nll", "optimal", 8)].calls_to_match == pytest.approx(4.0)  # 1 - 4/50 = 1 - 8/100
+    # a plateau of the baseline (T=8 no better than T=4) must not inflate the saving at T=8
+    flat = _infill_results()
+    flat.rows = [dataclasses.replace(r, value=0.35) if (r.metric, r.decoder, r.budget) == ("exact_match", "constant", 8)
+                 else r for r in flat.rows]
+    flat_saved = [c for c in report.infill_calls_saved(flat) if c.metric == "exact_match" and c.decoder == "threshold"]
+    assert [c.reference_budget for c in flat_saved] == [2, 4]  # T=8 repeats T=4's fitted quality (0.375)
+    assert flat_saved[1].baseline_value == pytest.approx(0.375) and flat_saved[1].reference_calls == pytest.approx(4.0)
     res.calls_saved = saved
     found = report.infill_findings(res)
     best = next(f for f in found if "largest saving" in f and "exact match" in f)
