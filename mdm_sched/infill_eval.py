@@ -4,9 +4,10 @@ For a task (:mod:`mdm_sched.tasks`) and each order of ``EvalConfig.infill_orders
 temperature 1, ``infill_samples`` samples per example; model-ranked orders greedy, one deterministic run), every
 decoder of ``EvalConfig.infill_decoders`` (:mod:`mdm_sched.decoders`) infills every example at each value of its
 grid (fixed schedules: ``infill_budgets`` plus 1 call and one call per token). Per run and example: recovery,
-exact match and the calls the example needed (distinct calls that revealed one of its positions). Fixed
-schedules also get the conditional NLL of the truth under random order (bound and ``M``-order estimate,
-:func:`mdm_sched.metrics.conditional_likelihood`); it is not defined for adaptive rules or greedy decoding.
+exact match and the calls the example needed (distinct calls that revealed one of its positions). With random
+order among the orders, fixed schedules also get the conditional NLL of the truth under random order (bound and
+``M``-order estimate, :func:`mdm_sched.metrics.conditional_likelihood`); it is not defined for adaptive rules or
+greedy decoding.
 
 Sensitivity: per (order, metric), 1 call against one call per token, paired on the examples. Every model-side
 part is cached through the host's ``stage`` (:func:`mdm_sched.harness.cached_stage`).
@@ -264,7 +265,8 @@ def run_infill(host: StageHost, task: InfillTask, full_curve: np.ndarray) -> Inf
     runs = _runs(host, task, ctx, task_fp)
     scheds: dict[str, Schedule] = {}
     points: dict[str, tuple[str, int]] = {}
-    for decoder in (get_decoder(name) for name in host.cfg.infill_decoders):
+    random_order = "random" in host.cfg.infill_orders  # the conditional NLL is a random-order quantity
+    for decoder in (get_decoder(name) for name in host.cfg.infill_decoders if random_order):
         for value in _points(host.cfg, decoder, n_tokens) if decoder.fixed else ():
             sched = decoder.rule(ctx, value)
             assert isinstance(sched, Schedule)
