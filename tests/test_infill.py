@@ -233,3 +233,15 @@ def test_build_task_on_any_text_data(tmp_path):
         tasks.build_task("imgt:27-65", source, encode)
     with pytest.raises(ValueError, match="alphabet"):
         tasks.build_task("span:2:mutate=0.5", source, encode)
+
+
+def test_calls_per_example_and_alignment():
+    from mdm_sched.infill_eval import _aligned, _calls_per_row
+
+    reveal = torch.tensor([[0, 1, 1, 3, 0], [2, 0, 0, 2, 5]])
+    target = torch.tensor([[False, True, True, True, False], [True, False, False, True, False]])
+    assert _calls_per_row(reveal, target).tolist() == [2, 1]  # calls that revealed one of the example's targets
+    # left-padded generate() rows back to the task's right-padded layout
+    seqs = torch.tensor([[9, 9, 1, 2, 3], [4, 5, 6, 7, 8]])
+    ids, steps = _aligned(seqs, reveal, torch.tensor([3, 5]))
+    assert ids.tolist() == [[1, 2, 3, 3, 3], [4, 5, 6, 7, 8]] and steps[0, :3].tolist() == [1, 3, 0]
