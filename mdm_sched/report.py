@@ -136,6 +136,9 @@ def plot_metric(rows: Sequence[ResultRow], metric: str, path: PathLike, *, order
             ax.axhline(ref.value, ls="--", lw=1, color=f"C{7 + j % 3}", label=f"{name} ({ref.value:.3g})")
             if np.isfinite(ref.se) and ref.se > 0:
                 ax.axhspan(ref.value - ref.se, ref.value + ref.se, color=f"C{7 + j % 3}", alpha=0.12)
+    calls = [r.calls for r in sel if r.calls]
+    if calls and max(calls) > 8 * min(calls):  # 1 call to one call per token: a log axis shows both ends
+        ax.set_xscale("log")
     ax.set_xlabel("mean model calls per sequence")
     ax.set_ylabel(f"{label} [{unit}]" + (" (lower is better)" if lower else " (higher is better)"))
     ax.set_title(f"{label} — order={order}", fontsize=9)
