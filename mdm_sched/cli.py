@@ -326,7 +326,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     from mdm_sched.harness import DEMO_FULL
 
     parser.add_argument("--quick", action="store_true",
-                        help="Sapiens VH judged by AntiBERTy, smaller sizes (about 2 minutes; defaults of "
+                        help="Sapiens VH, smaller sizes, infilling IMGT 27-65 (about 2 minutes; defaults of "
                              "mdm_sched.harness.DEMO_QUICK instead of those shown below)")
     _add_run_arguments(parser, DEMO_FULL, "mdm_sched_demo (--quick: mdm_sched_demo_quick)", 1)
 

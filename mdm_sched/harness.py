@@ -60,11 +60,16 @@ if TYPE_CHECKING:
 __all__ = ["EvalConfig", "EvalResults", "run_eval", "cached_stage", "DEMO_FULL", "DEMO_QUICK", "ORDERS",
            "SAMPLE_METRICS"]
 
-DEMO_FULL = EvalConfig(num_samples=16, n_orders=2, max_eval_sequences=32, path_kl_levels=4, judge_positions=2,
-                       confidence_budgets=(10,), profile_levels=24, profile_tokens_per_level=1536, theory=True)
-DEMO_QUICK = EvalConfig(model="sapiens-vh", judge="antiberty", budgets=(4, 8, 16), num_samples=32, n_orders=2,
-                        max_eval_sequences=64, path_kl_levels=8, judge_positions=1, confidence_budgets=(8,),
-                        profile_levels=24, profile_tokens_per_level=2048, theory=True)
+DEMO_FULL = EvalConfig(budgets=(5, 10, 15), schedules=("constant", "cosine", "optimal", "sqrt"), orders=("random",),
+                       num_samples=8, n_orders=2, max_eval_sequences=16, path_kl_levels=2, judge_positions=2,
+                       profile_levels=24, profile_tokens_per_level=1536, theory=True,
+                       infill="imgt:1-65", infill_orders=("confidence",), infill_budgets=(2, 4),
+                       thresholds=(0.5, 0.7), entropy_bounds=(8.0, 32.0))
+DEMO_QUICK = EvalConfig(model="sapiens-vh", judge=None, budgets=(4, 8, 16), num_samples=32, n_orders=2,
+                        max_eval_sequences=64, path_kl_levels=8, judge_positions=1, orders=("random",),
+                        profile_levels=24, profile_tokens_per_level=2048, theory=True,
+                        infill="imgt:27-65", infill_orders=("confidence",), infill_budgets=(2, 4, 8),
+                        thresholds=(0.5, 0.7, 0.9), entropy_bounds=(2.0, 8.0))
 
 ORDERS = ("random", "confidence", "margin", "entropy")
 BASELINE_DECODER = "constant"

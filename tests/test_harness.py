@@ -175,7 +175,13 @@ def test_cli_flags_follow_the_config():
     cfg = cli._config_from(args, harness.DEMO_QUICK)
     assert cfg.budgets == (4, 8) and cfg.num_samples == 8 and cfg.model == "sapiens-vh"
     assert cfg.judge is None and cfg.theory is False and cfg.path_kl_levels is None
-    assert cfg.confidence_budgets == (8,) and cfg.n_orders == harness.DEMO_QUICK.n_orders
+    assert cfg.confidence_budgets == harness.DEMO_QUICK.confidence_budgets and cfg.n_orders == harness.DEMO_QUICK.n_orders
+    assert cfg.infill == harness.DEMO_QUICK.infill is not None
+    args = p.parse_args(["--thresholds", "0.5,0.95", "--infill", "none", "--infill-orders", "random,confidence"])
+    cfg = cli._config_from(args, harness.DEMO_FULL)
+    assert cfg.thresholds == (0.5, 0.95) and cfg.infill is None and cfg.infill_orders == ("random", "confidence")
+    with pytest.raises(SystemExit):
+        p.parse_args(["--entropy-bounds", "x"])
     assert cli._config_from(p.parse_args(["--no-judge"]), harness.DEMO_FULL).judge is None
     with pytest.raises(SystemExit):
         p.parse_args(["--budgets", "0"])
