@@ -676,6 +676,23 @@ def _calls_saved_section(res: EvalResults) -> list[str]:
                             "calls saved"], body)]
 
 
+def _infill_orders_text(res: EvalResults) -> str:
+    orders = res.config.infill_orders
+    ranked = [o for o in orders if o != "random"]
+    parts = []
+    if "random" in orders:
+        parts.append(f"Random order is sampled at temperature 1 ({res.config.infill_samples} samples per example, "
+                     "averaged per example); the conditional NLL of the truth is defined for its fixed schedules only "
+                     "(n/a for adaptive rules and greedy decoding).")
+    else:
+        parts.append("Random order was not run, so the conditional NLL of the truth (a random-order quantity) was "
+                     "not measured.")
+    if ranked:
+        parts.append(f"{', '.join(ranked).capitalize()} order{'s are' if len(ranked) > 1 else ' is'} greedy "
+                     "(temperature 0, as LLaDA users decode).")
+    return " ".join(parts)
+
+
 def _infill_section(res: EvalResults) -> list[str]:
     if res.infill is None:
         return []
@@ -685,10 +702,8 @@ def _infill_section(res: EvalResults) -> list[str]:
            f"infilled, mean {t.infilled[2]:.1f}; {t.given[2]:.1f} given on average). Fixed schedules are built for "
            f"N = {t.n_tokens} (rows with fewer positions rescale them) at T in {list(res.config.infill_budgets)} plus "
            "1 call and one call per token; optimal and sqrt use the random-order profile read at the same number of "
-           "masked positions. Adaptive rules choose their own calls. Random order is sampled at temperature 1 "
-           f"({res.config.infill_samples} samples per example, averaged per example); model-ranked orders are greedy. "
-           "Mean calls: calls that revealed a position of the example (what it costs alone), ± SE over examples. "
-           "The conditional NLL of the truth is defined for fixed schedules under random order only (n/a elsewhere).",
+           "masked positions. Adaptive rules choose their own calls. " + _infill_orders_text(res)
+           + " Mean calls: calls that revealed a position of the example (what it costs alone), ± SE over examples.",
            "", "### Sensitivity (1 call vs one call per token, paired on the examples)", ""]
     checks = [s for s in res.sensitivity if s.task == t.name]
     out.append(markdown_table(["order", "metric", "1 call", "one call per token", "|diff| / SE", "sensitive"],
