@@ -35,8 +35,8 @@ if TYPE_CHECKING:
     from .results import EvalConfig
     from .tasks import InfillTask
 
-__all__ = ["INFILL_METRICS", "SAMPLE_METRICS", "NLL_METRICS", "BASELINE", "temperature_of", "load_task", "infill_curve",
-           "run_infill", "InfillOutcome"]
+__all__ = ["INFILL_METRICS", "SAMPLE_METRICS", "NLL_METRICS", "BASELINE", "PROFILE_CURVES", "temperature_of",
+           "load_task", "infill_curve", "run_infill", "InfillOutcome"]
 
 SAMPLE_METRICS = ("recovery", "exact_match")
 NLL_METRICS = ("cond_nll", "cond_nll_M")
@@ -97,6 +97,25 @@ def infill_curve(full_curve: np.ndarray, n_tokens: int) -> np.ndarray:
     if n_tokens > full.size:
         raise ValueError(f"the task infills up to {n_tokens} positions but the profile covers {full.size}")
     return full[full.size - n_tokens:]
+
+
+#: how the stage gets each profile curve a decoder may name (:attr:`~mdm_sched.decoders.Decoder.profile`), from the
+#: host, the task, the run's random-order curve and the number of positions: a decoder on another profile (conditional
+#: on the task, ordering-aware) adds its provider here and its entry in :data:`mdm_sched.decoders.DECODERS`.
+CurveProvider = Callable[[StageHost, "InfillTask", np.ndarray, int], np.ndarray]
+PROFILE_CURVES: dict[str, CurveProvider] = {
+    RANDOM_PROFILE: lambda host, task, full_curve, n: infill_curve(full_curve, n),
+}
+
+
+def _context(host: StageHost, task: InfillTask, full_curve: np.ndarray, n_tokens: int) -> DecoderContext:
+    """The decoders' context: the curves of exactly the profiles the configured decoders name."""
+    needed = {get_decoder(name).profile for name in host.cfg.infill_decoders} - {None}
+    unknown = sorted(p for p in needed if p not in PROFILE_CURVES)
+    if unknown:
+        raise ValueError(f"no provider for the profiles {unknown} (infill_eval.PROFILE_CURVES has "
+                         f"{', '.join(PROFILE_CURVES)})")
+    return DecoderContext(n_tokens, {p: PROFILE_CURVES[p](host, task, full_curve, n_tokens) for p in sorted(needed)})
 
 
 def _key(*parts: object) -> str:
@@ -259,7 +278,7 @@ def _sensitivity(task: InfillTask, runs: list[_Run], nll: Mapping[str, list], n_
 def run_infill(host: StageHost, task: InfillTask, full_curve: np.ndarray) -> InfillOutcome:
     """The whole stage: every (order, decoder, value) run, the conditional NLL, rows and sensitivity checks."""
     n_tokens = int(task.n_targets.max())
-    ctx = DecoderContext(n_tokens, {RANDOM_PROFILE: infill_curve(full_curve, n_tokens)})
+    ctx = _context(host, task, full_curve, n_tokens)
     summ = task.summary()
     task_fp = {**summ, "sha": hashlib.sha1(task.ids.numpy().tobytes() + task.target.numpy().tobytes()).hexdigest()[:16]}
     runs = _runs(host, task, ctx, task_fp)
