@@ -393,6 +393,16 @@ def _positive_ints(text: str) -> tuple[int, ...]:
     return vals
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(v) for v in text.replace(",", " ").split())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
+    if not vals or min(vals) < 0:
+        raise argparse.ArgumentTypeError(f"expected non-negative numbers, got {text!r}")
+    return vals
+
+
 def _names(text: str) -> tuple[str, ...]:
     vals = tuple(v for v in text.replace(",", " ").split() if v)
     if not vals:
@@ -422,7 +432,8 @@ def _field_flag(parser: argparse.ArgumentParser, field: dataclasses.Field, hint:
         return
     convert: Callable[[str], object] | None = {int: int, float: float, str: str}.get(base)  # type: ignore[arg-type]
     if convert is None:
-        convert = _positive_ints if typing.get_args(base)[0] is int else _names
+        item = typing.get_args(base)[0]
+        convert = _positive_ints if item is int else _floats if item is float else _names
     parser.add_argument(flag, type=_or_none(convert) if optional else convert, default=argparse.SUPPRESS,
                         metavar=field.name.upper(), help=help_text)
 
@@ -472,7 +483,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     from mdm_sched.harness import DEMO_FULL
 
     parser.add_argument("--quick", action="store_true",
-                        help="Sapiens VH judged by AntiBERTy, smaller sizes (about 2 minutes; defaults of "
+                        help="Sapiens VH, smaller sizes, infilling IMGT 27-65 (about 2 minutes; defaults of "
                              "mdm_sched.harness.DEMO_QUICK instead of those shown below)")
     _add_run_arguments(parser, DEMO_FULL, "mdm_sched_demo (--quick: mdm_sched_demo_quick)", 1)
 

@@ -12,11 +12,13 @@ One run, for a model, a profile fitted on one split and an evaluation split (doc
 5. for each (order, schedule, T): samples, then path KL to the N-step sampler (random order only),
    k-mer and per-position JS divergences to the evaluation split, and a judge model's pseudo-log-likelihood;
 6. reference samplers (1 call, N calls) for the sensitivity check, and the held-out data's own levels;
-7. :class:`~mdm_sched.results.EvalResults`, whose conclusions and files come from :mod:`mdm_sched.report`
+7. with ``EvalConfig.infill``: the infilling stage (:mod:`mdm_sched.infill_eval`): every decoder (fixed schedules
+   and adaptive rules, :mod:`mdm_sched.decoders`) on a task with ground truth, at the model calls each makes;
+8. :class:`~mdm_sched.results.EvalResults`, whose conclusions and files come from :mod:`mdm_sched.report`
    (``results.json``, ``results.csv``, PNG plots, ``report.md``); optionally the exact-oracle theory table
    (:mod:`mdm_sched.theory`).
 
-Stages 2, 4, 5 and 6 are cached under ``OUT/cache`` (:func:`cached_stage`): a rerun with the same settings
+Stages 2, 4, 5, 6 and 7 are cached under ``OUT/cache`` (:func:`cached_stage`): a rerun with the same settings
 skips finished parts. The command line lives in :mod:`mdm_sched.cli`.
 """
 from __future__ import annotations
@@ -58,13 +60,19 @@ if TYPE_CHECKING:
 __all__ = ["EvalConfig", "EvalResults", "run_eval", "cached_stage", "DEMO_FULL", "DEMO_QUICK", "ORDERS",
            "SAMPLE_METRICS"]
 
-DEMO_FULL = EvalConfig(num_samples=16, n_orders=2, max_eval_sequences=32, path_kl_levels=4, judge_positions=2,
-                       confidence_budgets=(10,), profile_levels=24, profile_tokens_per_level=1536, theory=True)
-DEMO_QUICK = EvalConfig(model="sapiens-vh", judge="antiberty", budgets=(4, 8, 16), num_samples=32, n_orders=2,
-                        max_eval_sequences=64, path_kl_levels=8, judge_positions=1, confidence_budgets=(8,),
-                        profile_levels=24, profile_tokens_per_level=2048, theory=True)
+DEMO_FULL = EvalConfig(budgets=(5, 10, 15), schedules=("constant", "cosine", "optimal", "sqrt"), orders=("random",),
+                       num_samples=8, n_orders=2, max_eval_sequences=16, path_kl_levels=2, judge_positions=2,
+                       profile_levels=24, profile_tokens_per_level=1536, theory=True,
+                       infill="imgt:1-65", infill_orders=("confidence",), infill_budgets=(2, 4),
+                       thresholds=(0.5, 0.7), entropy_bounds=(8.0, 32.0))
+DEMO_QUICK = EvalConfig(model="sapiens-vh", judge=None, budgets=(4, 8, 16), num_samples=32, n_orders=2,
+                        max_eval_sequences=64, path_kl_levels=8, judge_positions=1, orders=("random",),
+                        profile_levels=24, profile_tokens_per_level=2048, theory=True,
+                        infill="imgt:27-65", infill_orders=("confidence",), infill_budgets=(2, 4, 8),
+                        thresholds=(0.5, 0.7, 0.9), entropy_bounds=(2.0, 8.0))
 
 ORDERS = ("random", "confidence", "margin", "entropy")
+BASELINE_DECODER = "constant"
 SAMPLE_METRICS = ("path_kl", "js2", "js3", "pos_js", "judge_pll")
 #: a cache file's content besides its fingerprint (JSON values)
 Payload = dict[str, Any]
@@ -157,8 +165,16 @@ class _Run:
         self.eval_data = SplitSummary(cfg.eval_split, int(self.eval_x.shape[0]), ev["dropped"], ev["cropped"])
         self.profile_data = SplitSummary(cfg.profile_split, int(self.prof_x.shape[0]), pr["dropped"], pr["cropped"])
 
-    def _stage(self, name: str, file: str, fingerprint: Mapping[str, object], compute: Callable[[], Payload]) -> Payload:
-        return cached_stage(self.cache / file, {**self.base_fp, **fingerprint}, compute, name=name, log=self.log)
+    def stage(self, name: str, file: str, fingerprint: Mapping[str, object], compute: Callable[[], Payload], *,
+              eval_subset: bool = True) -> Payload:
+        """``compute()``'s payload, cached under ``OUT/cache/file`` for this run's model and data plus ``fingerprint``.
+
+        ``eval_subset=False``: the stage does not use the (``max_eval_sequences``) evaluation subset, so changing
+        it does not invalidate the cache (the infilling stage fingerprints its own examples).
+        """
+        base = self.base_fp if eval_subset else {k: v for k, v in self.base_fp.items() if k != "n_eval"}
+        return cached_stage(self.cache / file, {**base, **fingerprint}, compute, name=name, log=self.log)
+
 
     # -- profile -----------------------------------------------------------------------------------
     def profile(self) -> InformationProfile:
@@ -176,7 +192,7 @@ class _Run:
 
         fp = {"what": "profile", "split": cfg.profile_split, "levels": cfg.profile_levels,
               "tokens_per_level": cfg.profile_tokens_per_level}
-        return ms.InformationProfile.from_dict(self._stage("profile", "profile.json", fp, compute)["profile"])
+        return ms.InformationProfile.from_dict(self.stage("profile", "profile.json", fp, compute)["profile"])
 
     # -- held-out ----------------------------------------------------------------------------------
     def heldout_rows(self, scheds: Schedules) -> list[ResultRow]:
@@ -192,7 +208,7 @@ class _Run:
                     "rows": res.n_forward_rows}
 
         fp = {"what": "heldout", "n_orders": self.cfg.n_orders, "schedules": {k: list(s.sizes) for k, s in keyed.items()}}
-        hit = self._stage("held-out", "heldout.json", fp, compute)
+        hit = self.stage("held-out", "heldout.json", fp, compute)
         logq = {k: torch.tensor(v, dtype=torch.float64) for k, v in hit["logq"].items()}
         base = "constant" if "constant" in self.cfg.schedules else None
         rows = []
@@ -261,7 +277,7 @@ class _Run:
         fp = {"what": "samples", "order": order, "sizes": list(sched.sizes), "num_samples": self.cfg.num_samples,
               "path_kl_levels": self.cfg.path_kl_levels, "judge": str(self.cfg.judge),
               "judge_positions": self.cfg.judge_positions}
-        return self._stage(key, f"samples/{key}.json", fp, compute)
+        return self.stage(key, f"samples/{key}.json", fp, compute)
 
     def heldout_references(self) -> dict[str, tuple[float, float]]:
         """Sample-side metrics of the profile split against the evaluation split: the finite-sample floor."""
@@ -272,7 +288,7 @@ class _Run:
 
         fp = {"what": "reference", "judge": str(self.cfg.judge), "judge_positions": self.cfg.judge_positions,
               "num_samples": self.cfg.num_samples}
-        return {k: _pair(v) for k, v in self._stage("references", "heldout_reference.json", fp, compute).items()}
+        return {k: _pair(v) for k, v in self.stage("references", "heldout_reference.json", fp, compute).items()}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -298,6 +314,30 @@ def _check_config(cfg: EvalConfig) -> None:
     check_optional_int(cfg.n_tokens, "EvalConfig.n_tokens", minimum=2, hint=" or None (the most common length)")
     check_int(cfg.seed, "EvalConfig.seed", minimum=0)
     check_float(cfg.sensitivity_z, "EvalConfig.sensitivity_z", minimum=0.0, min_inclusive=False)
+    if cfg.infill is not None:
+        _check_infill_config(cfg)
+
+
+def _check_infill_config(cfg: EvalConfig) -> None:
+    from .decoders import get_decoder
+    from .tasks import parse_task
+
+    parse_task(cfg.infill or "")
+    if not cfg.infill_decoders or BASELINE_DECODER not in cfg.infill_decoders:
+        raise ValueError(f"infill_decoders must include {BASELINE_DECODER!r} (the baseline), got {cfg.infill_decoders!r}")
+    for name in cfg.infill_decoders:
+        decoder = get_decoder(name)
+        if not getattr(cfg, decoder.grid):
+            raise ValueError(f"decoder {name!r} runs at EvalConfig.{decoder.grid}, which is empty")
+    if not cfg.infill_orders or any(o not in ORDERS for o in cfg.infill_orders):
+        raise ValueError(f"infill_orders must be among {', '.join(ORDERS)}, got {cfg.infill_orders!r}")
+    if any(isinstance(t, bool) or not isinstance(t, int) or t < 1 for t in cfg.infill_budgets):
+        raise ValueError(f"infill_budgets must be positive ints, got {cfg.infill_budgets!r}")
+    for name in ("thresholds", "entropy_bounds", "factors"):
+        for v in getattr(cfg, name):
+            check_float(v, f"EvalConfig.{name}", minimum=0.0)
+    check_int(cfg.infill_samples, "EvalConfig.infill_samples", minimum=1)
+    check_optional_int(cfg.infill_sequences, "EvalConfig.infill_sequences", minimum=1, hint=" or None")
 
 
 def _build_schedules(cfg: EvalConfig, n: int, curve: np.ndarray) -> Schedules:
@@ -337,6 +377,18 @@ def _checks(run: _Run) -> tuple[list[SensitivityCheck], list[ReferenceValues]]:
     return sens, refs
 
 
+def _infill(run: _Run, results: EvalResults, curve: np.ndarray) -> None:
+    """The infilling stage (:mod:`mdm_sched.infill_eval`): its rows, checks and task summary join the results."""
+    from .infill_eval import load_task, run_infill
+
+    task = load_task(run.cfg, run.model)
+    run.log(f"[harness] infilling {task.name}: {len(task)} examples, {task.description}")
+    outcome = run_infill(run, task, curve)
+    results.rows += outcome.rows
+    results.sensitivity += outcome.sensitivity
+    results.infill = outcome.summary
+
+
 def _profile_summary(cfg: EvalConfig, n: int, curve: np.ndarray) -> ProfileSummary:
     return ProfileSummary(ce_first=float(curve[0]), ce_last=float(curve[-1]),
                           bound_n_step=float(_schedules.nll_bound(curve, _schedules.constant(n, n))),
@@ -348,7 +400,9 @@ def _conclude(results: EvalResults, log: Callable[[str], None]) -> None:
     cfg = results.config
     t_ref = cfg.reference_budget or sorted(cfg.budgets)[len(cfg.budgets) // 2]
     results.calls_saved = report.calls_saved(results, t_ref) if report.BASELINE in cfg.schedules else []
-    results.findings = report.findings(results)
+    if results.infill is not None:
+        results.calls_saved += report.infill_calls_saved(results)
+    results.findings = report.findings(results) + report.infill_findings(results)
     results.confidence_notes = report.confidence_notes(results)
     results.caveats = report.data_caveats(cfg)
     if cfg.theory:
@@ -396,6 +450,8 @@ def run_eval(cfg: EvalConfig, out_dir: PathLike, *, log: Callable[[str], None] |
                           rows=run.heldout_rows(scheds) + _sample_rows(run, scheds, curve),
                           profile=_profile_summary(cfg, run.n, curve))
     results.sensitivity, results.references = _checks(run)
+    if cfg.infill is not None:
+        _infill(run, results, curve)
     _conclude(results, log)
     results.forward_rows = run.forward_rows
     results.wall_time_s = time.time() - t_start

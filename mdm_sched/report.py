@@ -23,11 +23,12 @@ import numpy as np
 
 from ._io import atomic_write_png, atomic_write_text, new_figure
 from ._types import PathLike
-from .results import CallsSaved, Estimate, EvalConfig, EvalResults, ResultRow
+from .results import UNCONDITIONAL, CallsSaved, Estimate, EvalConfig, EvalResults, ResultRow
 
-__all__ = ["METRICS", "CANDIDATE", "BASELINE", "verdict", "monotone_in_calls", "calls_to_match", "write_csv",
-           "plot_metric", "plot_profile_blocks", "write_metric_plots", "write_report_files", "summary_table",
-           "render_markdown", "markdown_table", "findings", "confidence_notes", "calls_saved", "data_caveats"]
+__all__ = ["METRICS", "CANDIDATE", "BASELINE", "GOAL_RATIO", "verdict", "monotone_in_calls", "calls_to_match",
+           "write_csv", "plot_metric", "plot_profile_blocks", "write_metric_plots", "write_report_files", "summary_table",
+           "render_markdown", "markdown_table", "findings", "confidence_notes", "calls_saved", "data_caveats",
+           "infill_calls_saved", "infill_findings", "matched_calls_table", "optimal_vs_adaptive", "write_infill_plots"]
 
 #: metric key -> (label, lower_is_better, unit); a new metric (e.g. an infilling exact match) is one entry here.
 METRICS: dict[str, tuple[str, bool, str]] = {
@@ -38,10 +39,16 @@ METRICS: dict[str, tuple[str, bool, str]] = {
     "js3": ("3-mer spectrum JS to held-out", True, "bits"),
     "pos_js": ("per-position residue JS to held-out", True, "bits"),
     "judge_pll": ("judge log-likelihood (other model)", False, "nats/token"),
+    "recovery": ("infilled residues recovered", False, "fraction"),
+    "exact_match": ("whole region exact match", False, "fraction"),
+    "cond_nll": ("conditional NLL of the truth, bound", True, "nats/token"),
+    "cond_nll_M": ("conditional NLL of the truth, M-order estimate", True, "nats/token"),
 }
 #: the decoder the report argues for, and the one it is compared with
 CANDIDATE = "optimal"
 BASELINE = "constant"
+#: the issue's goal: the best decoder needs this many times fewer calls than the baseline for the same quality
+GOAL_RATIO = 1.3
 
 
 def _meta(metric: str) -> tuple[str, bool, str]:
@@ -129,7 +136,10 @@ def plot_metric(rows: Sequence[ResultRow], metric: str, path: PathLike, *, order
             ax.axhline(ref.value, ls="--", lw=1, color=f"C{7 + j % 3}", label=f"{name} ({ref.value:.3g})")
             if np.isfinite(ref.se) and ref.se > 0:
                 ax.axhspan(ref.value - ref.se, ref.value + ref.se, color=f"C{7 + j % 3}", alpha=0.12)
-    ax.set_xlabel("model calls T")
+    calls = [r.calls for r in sel if r.calls]
+    if calls and max(calls) > 8 * min(calls):  # 1 call to one call per token: a log axis shows both ends
+        ax.set_xscale("log")
+    ax.set_xlabel("mean model calls per sequence")
     ax.set_ylabel(f"{label} [{unit}]" + (" (lower is better)" if lower else " (higher is better)"))
     ax.set_title(f"{label} — order={order}", fontsize=9)
     ax.grid(alpha=0.3)
@@ -180,15 +190,25 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 def write_metric_plots(results: EvalResults, out_dir: PathLike) -> None:
     """``plot_<metric>_<order>.png`` for every metric and order (random order: with the reference levels)."""
     for order in results.config.orders:
-        for metric in _metrics_in(results.rows):
+        for metric in _metrics_in(results.rows_of()):
             refs: dict[str, Estimate] = {}
             ref = results.references_of(metric)
             if order == "random" and ref is not None:
                 for label, est in (("N-step sampler", ref.n_step), ("held-out data", ref.heldout)):
                     if est is not None:
                         refs[label] = est
-            plot_metric(results.rows, metric, Path(out_dir) / f"plot_{metric}_{order}.png", order=order,
+            plot_metric(results.rows_of(), metric, Path(out_dir) / f"plot_{metric}_{order}.png", order=order,
                         references=refs)
+
+
+def write_infill_plots(results: EvalResults, out_dir: PathLike) -> None:
+    """``plot_infill_<metric>_<order>.png``: every decoder as a curve of the metric against mean calls made."""
+    if results.infill is None:
+        return
+    rows = results.rows_of(results.infill.name)
+    for order in dict.fromkeys(r.order for r in rows):
+        for metric in _metrics_in(r for r in rows if r.order == order):
+            plot_metric(rows, metric, Path(out_dir) / f"plot_infill_{metric}_{order}.png", order=order)
 
 
 def write_report_files(results: EvalResults, out_dir: PathLike) -> None:
@@ -197,6 +217,7 @@ def write_report_files(results: EvalResults, out_dir: PathLike) -> None:
     results.save(out / "results.json")
     write_csv(results.rows, out / "results.csv")
     write_metric_plots(results, out)
+    write_infill_plots(results, out)
     atomic_write_text(out / "report.md", render_markdown(results))
     atomic_write_text(out / "summary.md", summary_table(results) + "\n")
 
@@ -256,7 +277,7 @@ def summary_table(results: EvalResults, *, order: str = "random", candidate: str
                   baseline: str = BASELINE) -> str:
     """The plain-words table: per metric and budget, every decoder's value ± SE and the candidate's verdict
     against the baseline and against the best other decoder (``2 SE`` rule)."""
-    rows = [r for r in results.rows if r.order == order]
+    rows = [r for r in results.rows_of() if r.order == order]
     decoders = list(dict.fromkeys(r.decoder for r in rows))
     header = ["metric", "T", *decoders, f"{candidate} vs {baseline}", f"{candidate} vs best other"]
     body = []
@@ -307,12 +328,12 @@ def findings(results: EvalResults) -> list[str]:
                    + ", ".join(f"{g:.2f}x at T={t}" for t, g in gains.items())
                    + (" (close to 1: the profile is nearly linear, little to gain)." if max(gains.values()) < 1.15
                       else "."))
-    for metric in _metrics_in(r for r in results.rows if r.order == "random"):
+    for metric in _metrics_in(r for r in results.rows_of() if r.order == "random"):
         label = _meta(metric)[0]
         if _insensitive(results, metric):
             out.append(f"{label}: cannot judge schedules (does not separate 1 call from N calls).")
         else:
-            out.append(f"{label}: {CANDIDATE} vs {BASELINE} {_tally_text(results.rows, 'random', metric)}.")
+            out.append(f"{label}: {CANDIDATE} vs {BASELINE} {_tally_text(results.rows_of(), 'random', metric)}.")
     return out
 
 
@@ -322,13 +343,13 @@ def confidence_notes(results: EvalResults) -> list[str]:
     for order in results.config.orders:
         if order == "random":
             continue
-        for metric in _metrics_in(r for r in results.rows if r.order == order):
+        for metric in _metrics_in(r for r in results.rows_of() if r.order == order):
             label = _meta(metric)[0]
             if _insensitive(results, metric):
                 notes.append(f"order={order}, {label}: cannot judge schedules (insensitive under random order).")
             else:
                 notes.append(f"order={order}, {label}: {CANDIDATE} (chosen for random order) vs {BASELINE} "
-                             f"{_tally_text(results.rows, order, metric)}.")
+                             f"{_tally_text(results.rows_of(), order, metric)}.")
     return notes
 
 
@@ -349,10 +370,10 @@ def calls_saved(results: EvalResults, reference_budget: int) -> list[CallsSaved]
     Metrics that failed the sensitivity check are left out: they cannot rank decoders at all.
     """
     out = []
-    for metric in _metrics_in(results.rows):
+    for metric in _metrics_in(results.rows_of()):
         if _insensitive(results, metric):
             continue
-        sel = [r for r in results.rows if r.metric == metric and r.order == "random"]
+        sel = [r for r in results.rows_of() if r.metric == metric and r.order == "random"]
         base = sorted((r.calls, r.value, r.budget) for r in sel if r.decoder == BASELINE)
         budgets = [b[2] for b in base]
         if reference_budget not in budgets:
@@ -368,14 +389,193 @@ def calls_saved(results: EvalResults, reference_budget: int) -> list[CallsSaved]
 
 def _calls_saved_text(c: CallsSaved) -> tuple[str, str]:
     """('calls to match', 'calls saved') in words."""
-    ref, t = c.reference_budget, c.calls_to_match
+    ref, t = c.reference_calls if c.reference_calls is not None else c.reference_budget, c.calls_to_match
     if t == float("-inf"):
-        return f"<= {c.lowest_calls:g}", f">= {ref - c.lowest_calls:g} ({(ref - c.lowest_calls) / ref:.0%})"
+        return f"<= {c.lowest_calls:.3g}", f">= {ref - c.lowest_calls:.3g} ({(ref - c.lowest_calls) / ref:.0%})"
     if t == float("inf"):
-        return f"> {c.highest_calls:g}", "none (never matches)"
+        return f"> {c.highest_calls:.3g}", "none (never matches)"
     if math.isnan(t):
         return "–", "–"
-    return f"{t:.1f}", f"{ref - t:+.1f} ({(ref - t) / ref:+.0%})"
+    return f"{t:.1f}", f"{ref - t:+.3g} ({(ref - t) / ref:+.0%})"
+
+
+# --------------------------------------------------------------------------------------------------
+# infilling at matched model calls
+# --------------------------------------------------------------------------------------------------
+
+def _points_of(rows: Iterable[ResultRow], decoder: str) -> list[ResultRow]:
+    """One decoder's rows sorted by mean calls (fixed budgets and adaptive settings alike)."""
+    return sorted((r for r in rows if r.decoder == decoder), key=lambda r: r.calls or 0.0)
+
+
+def _infill_sensitive(results: EvalResults, metric: str, order: str) -> bool:
+    task = results.infill.name if results.infill is not None else UNCONDITIONAL
+    check = results.sensitivity_of(metric, order=order, task=task)
+    return check is not None and check.sensitive
+
+
+def infill_calls_saved(results: EvalResults) -> list[CallsSaved]:
+    """Per order and sensitive metric: the calls each decoder needs to reach the baseline's quality at each budget
+    of ``infill_budgets`` (all curves are metric against *mean calls made*, fitted monotone, then interpolated).
+
+    The reference is the calls the baseline itself needs for that quality on its fitted curve: where the curve is
+    flat (a later budget no better than an earlier one) the earlier budget's calls count, not the later budget, so a
+    plateau cannot inflate the saving. Budgets that repeat an earlier reference quality are skipped. Metrics whose
+    1-call and one-call-per-token values do not differ (the sensitivity check) are left out.
+    """
+    if results.infill is None:
+        return []
+    task = results.infill.name
+    rows = results.rows_of(task)
+    out = []
+    for order in dict.fromkeys(r.order for r in rows):
+        for metric in _metrics_in(r for r in rows if r.order == order):
+            if not _infill_sensitive(results, metric, order):
+                continue
+            sel = [r for r in rows if r.metric == metric and r.order == order]
+            out += _saved_against_baseline(results, sel, metric, order, task)
+    return out
+
+
+def _saved_against_baseline(results: EvalResults, sel: Sequence[ResultRow], metric: str, order: str,
+                            task: str) -> list[CallsSaved]:
+    base = _points_of(sel, BASELINE)
+    lower = _meta(metric)[1]
+    calls = [float(r.calls or 0.0) for r in base]
+    fitted = monotone_in_calls([r.value for r in base], lower)
+    out, seen = [], set()
+    for i, ref in enumerate(base):
+        target = float(fitted[i])
+        if ref.budget not in results.config.infill_budgets or target in seen:
+            continue
+        seen.add(target)
+        ref_calls = calls_to_match(calls, [r.value for r in base], target, lower)
+        ref_calls = calls[0] if ref_calls == float("-inf") else ref_calls
+        for decoder in dict.fromkeys(r.decoder for r in sel):
+            pts = _points_of(sel, decoder)
+            if decoder == BASELINE or not pts:
+                continue
+            t_star = calls_to_match([p.calls for p in pts], [p.value for p in pts], target, lower)
+            out.append(CallsSaved(metric, decoder, BASELINE, int(ref.budget), target, t_star, float(pts[0].calls),
+                                  float(pts[-1].calls), order=order, task=task, reference_calls=float(ref_calls)))
+    return out
+
+
+def _interpolated(rows: Sequence[ResultRow], calls: float, lower: bool) -> tuple[float, float] | None:
+    """A decoder's monotone-fitted value and (interpolated) SE at ``calls``; ``None`` outside its measured range."""
+    c = np.array([r.calls for r in rows], dtype=np.float64)
+    if c.size == 0 or not c[0] <= calls <= c[-1]:
+        return None
+    v = monotone_in_calls([r.value for r in rows], lower)
+    return float(np.interp(calls, c, v)), float(np.interp(calls, c, [r.se for r in rows]))
+
+
+def optimal_vs_adaptive(results: EvalResults, order: str, metric: str) -> dict[str, dict[str, list[float]]]:
+    """For each adaptive decoder: the mean calls of its settings where :data:`CANDIDATE` (interpolated at the same
+    mean calls) wins, ties or loses against it (2-SE rule; settings outside the candidate's range are skipped)."""
+    if results.infill is None:
+        return {}
+    sel = [r for r in results.rows_of(results.infill.name) if r.metric == metric and r.order == order]
+    cand = _points_of(sel, CANDIDATE)
+    lower = _meta(metric)[1]
+    out: dict[str, dict[str, list[float]]] = {}
+    for decoder in dict.fromkeys(r.decoder for r in sel if r.parameter is not None):
+        tally: dict[str, list[float]] = {"win": [], "tie": [], "lose": []}
+        for p in _points_of(sel, decoder):
+            at = _interpolated(cand, float(p.calls or 0.0), lower)
+            if at is not None:
+                v = verdict(at[0] - p.value, math.hypot(at[1], p.se), lower)
+                if v in tally:
+                    tally[v].append(round(float(p.calls or 0.0), 2))
+        out[decoder] = tally
+    return out
+
+
+def _setting(r: ResultRow) -> str:
+    """``T=4`` for a fixed schedule, ``tau=0.9`` for an adaptive rule (its parameter's name from the decoder list)."""
+    if r.parameter is None:
+        return f"T={r.budget}"
+    from .decoders import DECODERS
+
+    name = DECODERS[r.decoder].parameter if r.decoder in DECODERS else "parameter"
+    return f"{name}={r.parameter:g}"
+
+
+def matched_calls_table(results: EvalResults, order: str) -> str:
+    """Every (decoder, T or setting) under ``order``: mean calls, recovery, exact match and conditional NLL, ± SE."""
+    if results.infill is None:
+        return ""
+    rows = [r for r in results.rows_of(results.infill.name) if r.order == order]
+    cells: dict[tuple[str, str], dict[str, ResultRow]] = {}
+    for r in rows:
+        cells.setdefault((r.decoder, _setting(r)), {})[r.metric] = r
+    metrics_ = ("recovery", "exact_match", "cond_nll", "cond_nll_M")
+    body = []
+    for (decoder, setting), cell in sorted(cells.items(), key=lambda kv: (kv[0][0], next(iter(kv[1].values())).calls)):
+        any_row = next(iter(cell.values()))
+        vals = [_fmt(cell[m].value, cell[m].se) if m in cell else "n/a" for m in metrics_]
+        body.append([decoder, setting, _fmt(any_row.calls or 0.0, any_row.calls_se), *vals])
+    header = ["decoder", "T / setting", "mean calls", "recovery", "exact match", "cond. NLL bound [nats/token]",
+              "cond. NLL M-order [nats/token]"]
+    return markdown_table(header, body)
+
+
+def _fewer(c: CallsSaved) -> tuple[float, str]:
+    """(how many times fewer calls, in words): a lower bound when the decoder matches at its fewest calls."""
+    ref = c.reference_calls if c.reference_calls is not None else float(c.reference_budget)
+    if c.calls_to_match == float("-inf") and c.lowest_calls > 0:
+        return ref / c.lowest_calls, f">= {ref / c.lowest_calls:.2f}x"
+    if not np.isfinite(c.ratio) or c.ratio == 0:
+        return float("nan"), "–"
+    return c.ratio, f"{c.ratio:.2f}x"
+
+
+def _best_saving(saved: Sequence[CallsSaved]) -> CallsSaved | None:
+    known = [c for c in saved if np.isfinite(_fewer(c)[0])]
+    return max(known, key=lambda c: _fewer(c)[0]) if known else None
+
+
+def infill_findings(results: EvalResults) -> list[str]:
+    """The infilling conclusions: sensitivity, the best calls saved per order and metric against the baseline and
+    the goal, and where the candidate (optimal) schedule stands against the adaptive rules."""
+    if results.infill is None:
+        return []
+    task, out = results.infill, []
+    checks = [s for s in results.sensitivity if s.task == task.name]
+    dead = [f"{_meta(s.metric)[0]} ({s.order})" for s in checks if not s.sensitive]
+    if dead:
+        out.append(f"Infilling {task.name}: cannot judge decoders on {', '.join(dead)} (1 call and one call per token "
+                   "do not differ by more than the threshold).")
+    for order in dict.fromkeys(s.order for s in checks):
+        for metric in ("recovery", "exact_match"):
+            if not _infill_sensitive(results, metric, order):
+                continue
+            saved = [c for c in results.calls_saved if c.task == task.name and c.order == order and c.metric == metric]
+            best = _best_saving(saved)
+            if best is not None:
+                ratio, words = _fewer(best)
+                goal = "meets" if ratio >= GOAL_RATIO else "misses"
+                out.append(f"Infilling {task.name}, order={order}, {_meta(metric)[0]}: the largest saving against "
+                           f"{BASELINE} is {best.decoder} ({_calls_saved_text(best)[0]} calls for {BASELINE}'s quality "
+                           f"at T={best.reference_budget}, reached with {best.reference_calls or best.reference_budget:.3g}"
+                           f" mean calls: {words} fewer; {goal} the {GOAL_RATIO:g}x goal).")
+            elif saved:
+                out.append(f"Infilling {task.name}, order={order}, {_meta(metric)[0]}: no decoder reaches {BASELINE}'s "
+                           "quality with fewer calls at any reference budget.")
+            for decoder, tally in optimal_vs_adaptive(results, order, metric).items():
+                part = lambda xs: ", ".join(f"{x:g}" for x in xs) if xs else "none"
+                out.append(f"Infilling {task.name}, order={order}, {_meta(metric)[0]}: {CANDIDATE} at the same mean "
+                           f"calls as {decoder} wins at calls {part(tally['win'])}; ties at {part(tally['tie'])}; "
+                           f"loses at {part(tally['lose'])}.")
+    return out
+
+
+def _infill_saved_table(results: EvalResults) -> str:
+    saved = [c for c in results.calls_saved if results.infill is not None and c.task == results.infill.name]
+    body = [[c.order, _meta(c.metric)[0], c.decoder, c.reference_budget, _fmt(c.reference_calls or 0.0),
+             _fmt(c.baseline_value), *_calls_saved_text(c), _fewer(c)[1]] for c in saved]
+    return markdown_table(["order", "metric", "decoder", f"{BASELINE} T", f"{BASELINE}'s calls for its value",
+                           f"{BASELINE}'s value", "calls to match", "calls saved", "fewer calls"], body)
 
 
 def data_caveats(config: EvalConfig) -> list[str]:
@@ -429,7 +629,7 @@ def _profile_section(res: EvalResults) -> list[str]:
 
 def _other_orders_section(res: EvalResults) -> list[str]:
     out: list[str] = []
-    for order in dict.fromkeys(r.order for r in res.rows if r.order != "random"):
+    for order in dict.fromkeys(r.order for r in res.rows_of() if r.order != "random"):
         out += ["", f"## {order.capitalize()} order", "",
                 f"Same schedules, positions chosen by the model's {order} instead of at random (the theory "
                 "does not cover this order; path KL is not defined for it).", "",
@@ -461,10 +661,11 @@ def _references_section(res: EvalResults) -> list[str]:
 
 
 def _calls_saved_section(res: EvalResults) -> list[str]:
-    if not res.calls_saved:
+    saved = [c for c in res.calls_saved if c.task == UNCONDITIONAL]
+    if not saved:
         return []
     body = [[_meta(c.metric)[0], c.decoder, c.reference_budget, _fmt(c.baseline_value), *_calls_saved_text(c)]
-            for c in res.calls_saved]
+            for c in saved]
     return ["", "## Calls saved", "",
             f"Budget at which each schedule matches the {BASELINE} schedule's quality at the reference budget "
             "(each curve first fitted to be monotone in the number of calls, then interpolated linearly between "
@@ -475,16 +676,67 @@ def _calls_saved_section(res: EvalResults) -> list[str]:
                             "calls saved"], body)]
 
 
+def _infill_orders_text(res: EvalResults) -> str:
+    orders = res.config.infill_orders
+    ranked = [o for o in orders if o != "random"]
+    parts = []
+    if "random" in orders:
+        parts.append(f"Random order is sampled at temperature 1 ({res.config.infill_samples} samples per example, "
+                     "averaged per example); the conditional NLL of the truth is defined for its fixed schedules only "
+                     "(n/a for adaptive rules and greedy decoding).")
+    else:
+        parts.append("Random order was not run, so the conditional NLL of the truth (a random-order quantity) was "
+                     "not measured.")
+    if ranked:
+        parts.append(f"{', '.join(ranked).capitalize()} order{'s are' if len(ranked) > 1 else ' is'} greedy "
+                     "(temperature 0, as LLaDA users decode).")
+    return " ".join(parts)
+
+
+def _infill_section(res: EvalResults) -> list[str]:
+    if res.infill is None:
+        return []
+    t = res.infill
+    out = ["", f"## Infilling at matched model calls: {t.name}", "",
+           f"{t.description} on {t.examples} evaluation sequences ({t.infilled[0]:g}-{t.infilled[1]:g} positions "
+           f"infilled, mean {t.infilled[2]:.1f}; {t.given[2]:.1f} given on average). Fixed schedules are built for "
+           f"N = {t.n_tokens} (rows with fewer positions rescale them) at T in {list(res.config.infill_budgets)} plus "
+           "1 call and one call per token; optimal and sqrt use the random-order profile read at the same number of "
+           "masked positions. Adaptive rules choose their own calls. " + _infill_orders_text(res)
+           + " Mean calls: calls that revealed a position of the example (what it costs alone), ± SE over examples.",
+           "", "### Sensitivity (1 call vs one call per token, paired on the examples)", ""]
+    checks = [s for s in res.sensitivity if s.task == t.name]
+    out.append(markdown_table(["order", "metric", "1 call", "one call per token", "|diff| / SE", "sensitive"],
+                              [[s.order, _meta(s.metric)[0], _fmt(s.one_call.value, s.one_call.se),
+                                _fmt(s.n_step.value, s.n_step.se), f"{s.z:.1f}",
+                                "yes" if s.sensitive else "**no: cannot judge decoders**"] for s in checks]))
+    for order in dict.fromkeys(r.order for r in res.rows_of(t.name)):
+        out += ["", f"### Order {order} ({'sampled' if order == 'random' else 'greedy'})", "",
+                matched_calls_table(res, order), ""]
+        out += [f"![{m}](plot_infill_{m}_{order}.png)" for m in ("exact_match", "recovery", "cond_nll")
+                if any(r.metric == m and r.order == order for r in res.rows_of(t.name))]
+    out += ["", "### Calls saved at equal quality", "",
+            f"Mean calls each decoder needs to reach the {BASELINE} schedule's quality at each of its budgets (every "
+            "curve is the metric against mean calls made, fitted monotone, interpolated linearly), against the calls "
+            f"{BASELINE} itself needs for that quality (on a flat stretch of its curve: the first budget that reaches "
+            "it). Metrics that fail the sensitivity check are left out.", ""]
+    if any(c.task == t.name for c in res.calls_saved):
+        out.append(_infill_saved_table(res))
+    else:
+        out.append("None: no metric passed the sensitivity check, so no saving can be measured on this task.")
+    return out
+
+
 def render_markdown(results: EvalResults) -> str:
     """The full Markdown report."""
     out = _intro(results) + _profile_section(results)
     out += ["", "## Summary (order = random)", "", summary_table(results, order="random")]
     out += _other_orders_section(results) + _sensitivity_section(results) + _references_section(results)
-    out += _calls_saved_section(results)
+    out += _calls_saved_section(results) + _infill_section(results)
     if results.theory:
         out += ["", "## Theory reproduction on exact oracles", "", results.theory]
     out += ["", "## Plots", ""]
-    out += [f"![{m}](plot_{m}_random.png)" for m in _metrics_in(r for r in results.rows if r.order == "random")]
+    out += [f"![{m}](plot_{m}_random.png)" for m in _metrics_in(r for r in results.rows_of() if r.order == "random")]
     if results.findings:
         out += ["", "## Findings", ""] + [f"- {f}" for f in results.findings]
     return "\n".join(out) + "\n"

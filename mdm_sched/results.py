@@ -26,11 +26,15 @@ from ._io import atomic_write_text, check_format, read_json
 from ._types import PathLike
 
 __all__ = ["EvalConfig", "Estimate", "PairedDiff", "ResultRow", "SensitivityCheck", "ReferenceValues", "CallsSaved",
-           "ProfileSummary", "SplitSummary", "TheoryRow", "EvalResults", "RESULTS_FORMAT", "RESULTS_VERSION"]
+           "ProfileSummary", "SplitSummary", "TaskSummary", "TheoryRow", "EvalResults", "RESULTS_FORMAT", "RESULTS_VERSION",
+           "UNCONDITIONAL", "DEFAULT_DECODERS"]
 
 RESULTS_FORMAT = "mdm_sched.eval_results"
 RESULTS_VERSION = 1
 DEFAULT_SCHEDULES = ("constant", "cosine", "geometric", "optimal", "sqrt")
+DEFAULT_DECODERS = ("constant", "cosine", "optimal", "sqrt", "threshold", "entropy_bound")
+#: the task of the unconditional rows (held-out bound, samples); infilling rows carry their task's name
+UNCONDITIONAL = "unconditional"
 
 
 def _help(text: str) -> dict[str, str]:
@@ -82,6 +86,24 @@ class EvalConfig:
     batch_size: int = field(default=64, metadata=_help("rows per model call"))
     seed: int = field(default=0, metadata=_help("seed of every random draw in the run"))
     theory: bool = field(default=False, metadata=_help("append the exact-oracle theory table"))
+    infill: str | None = field(default=None, metadata=_help(
+        "infilling task on the evaluation split ('none': no infilling stage): imgt:START-STOP (antibody regions by "
+        "IMGT number, e.g. imgt:27-65) or span:LENGTH|FRACTION (one random span per sequence), optionally :mutate=RATE"))
+    infill_decoders: tuple[str, ...] = field(default=DEFAULT_DECODERS, metadata=_help(
+        "decoders compared on the infilling task (mdm_sched.decoders.DECODERS)"))
+    infill_orders: tuple[str, ...] = field(default=("random", "confidence"), metadata=_help(
+        "orders for infilling: random is sampled (temperature 1), model-ranked orders are greedy (temperature 0)"))
+    infill_budgets: tuple[int, ...] = field(default=(2, 4, 8), metadata=_help(
+        "budgets T of the fixed schedules when infilling (1 call and one call per token are always added)"))
+    thresholds: tuple[float, ...] = field(default=(0.5, 0.7, 0.9, 0.99), metadata=_help(
+        "tau values of the confidence-threshold rule"))
+    entropy_bounds: tuple[float, ...] = field(default=(0.1, 0.5, 1.0, 2.0), metadata=_help(
+        "gamma values (nats) of the entropy-bound rule"))
+    factors: tuple[float, ...] = field(default=(0.5, 1.0, 2.0), metadata=_help("values of Fast-dLLM's factor rule"))
+    infill_samples: int = field(default=4, metadata=_help(
+        "samples per example for sampled (random-order) infilling; greedy runs are deterministic"))
+    infill_sequences: int | None = field(default=None, metadata=_help(
+        "infill a random subset of at most this many evaluation sequences ('none': all)"))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values (tuples as lists)."""
@@ -154,6 +176,7 @@ class ResultRow:
     ``calls``/``calls_se``: the mean number of model calls per sequence the decoder actually made and its SE
     (a fixed schedule makes exactly ``budget`` calls, the default; an adaptive rule reports what it used).
     ``paired``: the difference to a baseline decoder on the same units, when the design pairs them.
+    ``parameter``: an adaptive decoder's setting (``tau``, ``gamma``...; ``None`` for fixed schedules).
     """
 
     metric: str
@@ -165,7 +188,8 @@ class ResultRow:
     calls: float | None = None
     calls_se: float = 0.0
     paired: PairedDiff | None = None
-    task: str = "unconditional"
+    task: str = UNCONDITIONAL
+    parameter: float | None = None
 
     def __post_init__(self) -> None:
         if self.calls is None:
@@ -181,6 +205,8 @@ class ResultRow:
         if self.paired is not None:
             out.update(paired_baseline=self.paired.baseline, paired_diff=float(self.paired.diff),
                        paired_diff_se=float(self.paired.se))
+        if self.parameter is not None:
+            out["parameter"] = float(self.parameter)
         return out
 
     @classmethod
@@ -192,27 +218,33 @@ class ResultRow:
         return cls(metric=str(data["metric"]), order=str(data["order"]), decoder=str(data["decoder"]),
                    budget=None if budget is None else int(budget), value=_num(data["value"]), se=_num(data["se"]),
                    calls=_opt_num(data.get("calls")), calls_se=_num(data.get("calls_se", 0.0)), paired=paired,
-                   task=str(data.get("task", "unconditional")))
+                   task=str(data.get("task", UNCONDITIONAL)), parameter=_opt_num(data.get("parameter")))
 
 
 @dataclass(frozen=True)
 class SensitivityCheck:
-    """Can a sample-side metric tell the 1-call sampler from the N-step sampler (``|diff| / SE = z``)?"""
+    """Can a metric tell the 1-call sampler from the N-step sampler (``|diff| / SE = z``) under ``order`` on ``task``?
+
+    Infilling checks pair the two samplers on the same examples (``z`` uses the SE of the per-example difference).
+    """
 
     metric: str
     one_call: Estimate
     n_step: Estimate
     z: float
     sensitive: bool
+    order: str = "random"
+    task: str = UNCONDITIONAL
 
     def to_dict(self) -> dict[str, Any]:
         return {"metric": self.metric, "one_call": self.one_call.to_dict(), "n_step": self.n_step.to_dict(),
-                "z": float(self.z), "sensitive": bool(self.sensitive)}
+                "z": float(self.z), "sensitive": bool(self.sensitive), "order": self.order, "task": self.task}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SensitivityCheck:
         return cls(str(data["metric"]), Estimate.from_dict(data["one_call"]), Estimate.from_dict(data["n_step"]),
-                   _num(data["z"]), bool(data["sensitive"]))
+                   _num(data["z"]), bool(data["sensitive"]), str(data.get("order", "random")),
+                   str(data.get("task", UNCONDITIONAL)))
 
 
 @dataclass(frozen=True)
@@ -243,6 +275,8 @@ class CallsSaved:
 
     ``calls_to_match`` is ``-inf`` when the decoder already matches at its fewest measured calls
     (``lowest_calls``), ``inf`` when it never does up to ``highest_calls``, NaN without finite values.
+    ``reference_calls``: the mean calls the baseline made at ``reference_budget`` (``None``: exactly the budget;
+    infilling rows with fewer targets make fewer). ``ratio`` = reference calls / calls to match.
     """
 
     metric: str
@@ -253,18 +287,35 @@ class CallsSaved:
     calls_to_match: float
     lowest_calls: float
     highest_calls: float
+    order: str = "random"
+    task: str = UNCONDITIONAL
+    reference_calls: float | None = None
+
+    @property
+    def ratio(self) -> float:
+        """How many times fewer calls than the baseline (``inf`` when it matches at its fewest calls: a lower bound
+        ``reference / lowest_calls`` then holds; 0 when it never matches; NaN without values)."""
+        ref = float(self.reference_budget if self.reference_calls is None else self.reference_calls)
+        t = self.calls_to_match
+        if math.isnan(t):
+            return float("nan")
+        if t == float("inf"):
+            return 0.0
+        return float("inf") if t == float("-inf") else ref / t
 
     def to_dict(self) -> dict[str, Any]:
         return {"metric": self.metric, "decoder": self.decoder, "baseline": self.baseline,
                 "reference_budget": int(self.reference_budget), "baseline_value": float(self.baseline_value),
                 "calls_to_match": float(self.calls_to_match), "lowest_calls": float(self.lowest_calls),
-                "highest_calls": float(self.highest_calls)}
+                "highest_calls": float(self.highest_calls), "order": self.order, "task": self.task,
+                "reference_calls": None if self.reference_calls is None else float(self.reference_calls)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CallsSaved:
         return cls(str(data["metric"]), str(data["decoder"]), str(data["baseline"]), int(data["reference_budget"]),
                    _num(data["baseline_value"]), _num(data["calls_to_match"]), _num(data["lowest_calls"]),
-                   _num(data["highest_calls"]))
+                   _num(data["highest_calls"]), str(data.get("order", "random")), str(data.get("task", UNCONDITIONAL)),
+                   _opt_num(data.get("reference_calls")))
 
 
 @dataclass(frozen=True)
@@ -304,6 +355,32 @@ class SplitSummary:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SplitSummary:
         return cls(str(data["split"]), int(data["sequences"]), int(data["dropped"]), int(data["cropped"]))
+
+
+@dataclass(frozen=True)
+class TaskSummary:
+    """The infilling task of a run: what is infilled, on how many examples, and the schedules' nominal length.
+
+    ``infilled``/``given``: (min, max, mean) positions per example; ``n_tokens``: the largest number of infilled
+    positions (what the fixed schedules are built for; rows with fewer rescale them).
+    """
+
+    name: str
+    description: str
+    examples: int
+    infilled: tuple[float, float, float]
+    given: tuple[float, float, float]
+    n_tokens: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description, "examples": int(self.examples),
+                "infilled": list(self.infilled), "given": list(self.given), "n_tokens": int(self.n_tokens)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TaskSummary:
+        trio = lambda key: tuple(_num(v) for v in data[key])
+        return cls(str(data["name"]), str(data["description"]), int(data["examples"]), trio("infilled"), trio("given"),
+                   int(data["n_tokens"]))
 
 
 @dataclass(frozen=True)
@@ -378,10 +455,16 @@ class EvalResults:
     theory_rows: list[TheoryRow] = field(default_factory=list)
     forward_rows: int = 0
     wall_time_s: float = float("nan")
+    infill: TaskSummary | None = None
 
-    def sensitivity_of(self, metric: str) -> SensitivityCheck | None:
-        """The sensitivity check of ``metric`` (``None``: not checked, e.g. the held-out metrics)."""
-        return next((s for s in self.sensitivity if s.metric == metric), None)
+    def sensitivity_of(self, metric: str, *, order: str = "random", task: str = UNCONDITIONAL) -> SensitivityCheck | None:
+        """The sensitivity check of ``metric`` under ``order`` on ``task`` (``None``: not checked, e.g. the held-out
+        metrics)."""
+        return next((s for s in self.sensitivity if s.metric == metric and s.order == order and s.task == task), None)
+
+    def rows_of(self, task: str = UNCONDITIONAL) -> list[ResultRow]:
+        """The rows of one task."""
+        return [r for r in self.rows if r.task == task]
 
     def references_of(self, metric: str) -> ReferenceValues | None:
         """The reference levels of ``metric``, if measured."""
@@ -395,7 +478,8 @@ class EvalResults:
                                "profile": None if self.profile is None else self.profile.to_dict()}
         out.update({key: [item.to_dict() for item in getattr(self, key)] for key in _LISTS})
         out.update({key: list(getattr(self, key)) for key in _TEXTS})
-        out.update(theory=self.theory, forward_rows=int(self.forward_rows), wall_time_s=float(self.wall_time_s))
+        out.update(theory=self.theory, forward_rows=int(self.forward_rows), wall_time_s=float(self.wall_time_s),
+                   infill=None if self.infill is None else self.infill.to_dict())
         return out
 
     @classmethod
@@ -411,7 +495,8 @@ class EvalResults:
                        **{key: [kind.from_dict(d) for d in data.get(key, [])] for key, kind in _LISTS.items()},
                        **{key: [str(s) for s in data.get(key, [])] for key in _TEXTS},
                        theory=data.get("theory"), forward_rows=int(data.get("forward_rows", 0)),
-                       wall_time_s=_num(data.get("wall_time_s", "nan")))
+                       wall_time_s=_num(data.get("wall_time_s", "nan")),
+                       infill=None if data.get("infill") is None else TaskSummary.from_dict(data["infill"]))
         except (KeyError, TypeError) as exc:
             raise ValueError(f"corrupted evaluation results: missing or malformed field {exc}") from exc
 

@@ -175,7 +175,13 @@ def test_cli_flags_follow_the_config():
     cfg = cli._config_from(args, harness.DEMO_QUICK)
     assert cfg.budgets == (4, 8) and cfg.num_samples == 8 and cfg.model == "sapiens-vh"
     assert cfg.judge is None and cfg.theory is False and cfg.path_kl_levels is None
-    assert cfg.confidence_budgets == (8,) and cfg.n_orders == harness.DEMO_QUICK.n_orders
+    assert cfg.confidence_budgets == harness.DEMO_QUICK.confidence_budgets and cfg.n_orders == harness.DEMO_QUICK.n_orders
+    assert cfg.infill == harness.DEMO_QUICK.infill is not None
+    args = p.parse_args(["--thresholds", "0.5,0.95", "--infill", "none", "--infill-orders", "random,confidence"])
+    cfg = cli._config_from(args, harness.DEMO_FULL)
+    assert cfg.thresholds == (0.5, 0.95) and cfg.infill is None and cfg.infill_orders == ("random", "confidence")
+    with pytest.raises(SystemExit):
+        p.parse_args(["--entropy-bounds", "x"])
     assert cli._config_from(p.parse_args(["--no-judge"]), harness.DEMO_FULL).judge is None
     with pytest.raises(SystemExit):
         p.parse_args(["--budgets", "0"])
@@ -236,3 +242,126 @@ def test_calls_to_match_uses_a_monotone_fit():
     assert report.calls_to_match(t, [0.1, 0.2, 0.3, 0.4], 0.25, lower_is_better=False) == pytest.approx(6.0)
     assert report.calls_to_match(t, [1.0, 0.8, 0.6, 0.4], 2.0, lower_is_better=True) == float("-inf")
     assert report.calls_to_match(t, [1.0, 0.8, 0.6, 0.4], 0.1, lower_is_better=True) == float("inf")
+
+
+# ---------------------------------------------------------------------------------------------- infilling at matched calls
+
+def _infill_results() -> EvalResults:
+    """Synthetic infilling rows: constant at T = 1, 2, 4, 8, 16; optimal; a threshold rule that needs fewer calls."""
+    from mdm_sched.results import TaskSummary
+
+    rows = []
+    for t, v in {1: 0.1, 2: 0.2, 4: 0.4, 8: 0.6, 16: 0.62}.items():
+        rows.append(ResultRow("exact_match", "confidence", "constant", t, v, 0.02, calls=float(t), task="imgt1-65"))
+        rows.append(ResultRow("exact_match", "confidence", "optimal", t, v + 0.01, 0.02, calls=float(t), task="imgt1-65"))
+        rows.append(ResultRow("recovery", "confidence", "constant", t, 0.8, 0.01, calls=float(t), task="imgt1-65"))
+        rows.append(ResultRow("cond_nll", "random", "constant", t, 1.0 - t / 100, 0.01, task="imgt1-65"))
+        rows.append(ResultRow("cond_nll", "random", "optimal", t, 1.0 - t / 50, 0.01, task="imgt1-65"))
+    for tau, (c, v) in {0.5: (1.5, 0.3), 0.7: (3.0, 0.5), 0.9: (5.0, 0.7)}.items():
+        rows.append(ResultRow("exact_match", "confidence", "threshold", None, v, 0.02, calls=c, calls_se=0.1,
+                              task="imgt1-65", parameter=tau))
+    res = _synthetic_results()
+    res.rows += rows
+    res.config = dataclasses.replace(res.config, infill="imgt:1-65", infill_budgets=(2, 4, 8))
+    res.infill = TaskSummary("imgt1-65", "IMGT positions 1-65 infilled", 82, (57.0, 60.0, 58.5), (38.0, 41.0, 39.5), 60)
+    sens = lambda m, o, ok: SensitivityCheck(m, Estimate(0.1, 0.02), Estimate(0.6, 0.02), 20.0 if ok else 0.5, ok,
+                                             order=o, task="imgt1-65")
+    res.sensitivity += [sens("exact_match", "confidence", True), sens("recovery", "confidence", False),
+                        sens("cond_nll", "random", True)]
+    return res
+
+
+def test_infill_calls_saved_on_a_synthetic_curve():
+    res = _infill_results()
+    saved = report.infill_calls_saved(res)
+    assert {c.metric for c in saved} == {"exact_match", "cond_nll"}  # the insensitive recovery is left out
+    by = {(c.metric, c.decoder, c.reference_budget): c for c in saved}
+    # constant reaches 0.4 at 4 calls; threshold's curve (1.5, 0.3) -> (3, 0.5) reaches it at 2.25 calls
+    thr = by[("exact_match", "threshold", 4)]
+    assert thr.calls_to_match == pytest.approx(2.25) and thr.ratio == pytest.approx(4 / 2.25)
+    assert thr.order == "confidence" and thr.task == "imgt1-65" and thr.reference_calls == 4.0
+    # at T=8 (0.6) it needs 3 + (0.1 / 0.2) * 2 = 4 calls: 2x fewer
+    assert by[("exact_match", "threshold", 8)].ratio == pytest.approx(2.0)
+    assert ("exact_match", "constant", 4) not in by and ("exact_match", "optimal", 2) in by
+    assert by[("cond_nll", "optimal", 8)].calls_to_match == pytest.approx(4.0)  # 1 - 4/50 = 1 - 8/100
+    # a plateau of the baseline (T=8 no better than T=4) must not inflate the saving at T=8
+    flat = _infill_results()
+    flat.rows = [dataclasses.replace(r, value=0.35) if (r.metric, r.decoder, r.budget) == ("exact_match", "constant", 8)
+                 else r for r in flat.rows]
+    flat_saved = [c for c in report.infill_calls_saved(flat) if c.metric == "exact_match" and c.decoder == "threshold"]
+    assert [c.reference_budget for c in flat_saved] == [2, 4]  # T=8 repeats T=4's fitted quality (0.375)
+    assert flat_saved[1].baseline_value == pytest.approx(0.375) and flat_saved[1].reference_calls == pytest.approx(4.0)
+    res.calls_saved = saved
+    found = report.infill_findings(res)
+    best = next(f for f in found if "largest saving" in f and "exact match" in f)
+    assert "threshold" in best and "meets the 1.3x goal" in best
+    assert any("cannot judge decoders on infilled residues recovered (confidence)" in f for f in found)
+    tally = report.optimal_vs_adaptive(res, "confidence", "exact_match")["threshold"]
+    # optimal is ~0.35 at 3 calls vs threshold's 0.5 there: optimal loses; at 1.5 and 5 calls too
+    assert tally["lose"] == [1.5, 3.0, 5.0] and not tally["win"]
+    table = report.matched_calls_table(res, "confidence")
+    assert "tau=0.7" in table and "n/a" in table  # no conditional NLL for an adaptive rule / greedy order
+    md = report.render_markdown(res)
+    assert "## Infilling at matched model calls: imgt1-65" in md and "Calls saved at equal quality" in md
+    # the unconditional summary is untouched by infilling rows
+    assert "infilled" not in report.summary_table(res)
+
+
+def test_results_round_trip_with_infill_rows(tmp_path):
+    res = _infill_results()
+    res.calls_saved = report.infill_calls_saved(res)
+    res.findings = report.infill_findings(res)
+    text = res.to_json()
+    back = EvalResults.from_json(text)
+    assert back == res and back.to_json() == text
+    assert back.rows[-1].parameter == 0.9 and back.infill.n_tokens == 60
+    assert back.sensitivity_of("exact_match", order="confidence", task="imgt1-65").sensitive
+    assert back.sensitivity_of("exact_match") is None  # the unconditional check is another one
+    res.save(tmp_path / "results.json")
+    assert report.render_markdown(EvalResults.load(tmp_path / "results.json")) == report.render_markdown(res)
+
+
+def test_infill_config_is_checked(tmp_path):
+    bad = [({"infill": "cdr3"}, "task spec"), ({"infill": "imgt:27-65", "infill_decoders": ("threshold",)}, "baseline"),
+           ({"infill": "imgt:27-65", "infill_decoders": ("constant", "nope")}, "unknown decoder"),
+           ({"infill": "imgt:27-65", "thresholds": ()}, "thresholds"),
+           ({"infill": "imgt:27-65", "infill_orders": ("sideways",)}, "infill_orders")]
+    for kwargs, match in bad:
+        with pytest.raises(ValueError, match=match):
+            harness.run_eval(harness.EvalConfig(**kwargs), tmp_path)
+
+
+def test_infill_stage_end_to_end_on_sapiens(tmp_path):
+    cfg = harness.EvalConfig(model="sapiens-vh", judge=None, budgets=(2,), schedules=("constant", "optimal"),
+                             orders=("random",), num_samples=4, n_orders=2, max_eval_sequences=6, path_kl_levels=1,
+                             profile_levels=6, profile_tokens_per_level=128, infill="imgt:27-38", infill_sequences=10,
+                             infill_budgets=(2,), thresholds=(0.9,), entropy_bounds=(1.0,), infill_samples=2,
+                             infill_decoders=("constant", "optimal", "threshold", "entropy_bound"))
+    res = harness.run_eval(cfg, tmp_path, log=lambda s: None)
+    task = res.infill
+    assert task is not None and task.examples == 10 and task.name == "imgt27-38"
+    rows = res.rows_of(task.name)
+    n = task.n_tokens
+    fixed = {(r.order, r.decoder, r.budget) for r in rows if r.metric == "exact_match" and r.parameter is None}
+    assert fixed == {(o, d, t) for o in ("random", "confidence") for d in ("constant", "optimal") for t in (1, 2, n)}
+    for r in rows:
+        assert 0 < r.calls <= (r.budget or n) + 1e-9  # a row never needs more calls than the budget (or positions)
+        if r.metric in ("recovery", "exact_match"):
+            assert 0.0 <= r.value <= 1.0
+    adaptive = [r for r in rows if r.parameter is not None]
+    assert {(r.decoder, r.parameter) for r in adaptive} == {("threshold", 0.9), ("entropy_bound", 1.0)}
+    assert all(r.budget is None and r.metric in ("recovery", "exact_match") for r in adaptive)
+    nll = [r for r in rows if r.metric.startswith("cond_nll")]
+    assert nll and all(r.order == "random" and r.parameter is None for r in nll)
+    one = next(r for r in nll if r.metric == "cond_nll" and r.decoder == "constant" and r.budget == 1)
+    full = next(r for r in nll if r.metric == "cond_nll" and r.decoder == "constant" and r.budget == n)
+    assert full.value < one.value  # the chain rule knows more than the marginals
+    checks = {(s.order, s.metric) for s in res.sensitivity if s.task == task.name}
+    assert checks == {("random", m) for m in ("recovery", "exact_match", "cond_nll", "cond_nll_M")} | \
+        {("confidence", m) for m in ("recovery", "exact_match")}
+    md = (tmp_path / "report.md").read_text()
+    assert "Infilling at matched model calls" in md and (tmp_path / "plot_infill_exact_match_confidence.png").is_file()
+    assert EvalResults.load(tmp_path / "results.json") == res
+    t0 = time.time()
+    again = harness.run_eval(cfg, tmp_path, log=lambda s: None)  # every infill part comes from the cache
+    assert again.rows == res.rows and time.time() - t0 < 60
