@@ -3,16 +3,24 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 VENV ?= .venv
 OUT ?= runs/demo
 PYTEST_ARGS ?=
+# transformers releases the fast suite also runs against (LLaDA pins 4.38.2, Dream 4.46.2), each in a cached
+# environment outside the checkout (scripts/setup_compat.sh); `make test COMPAT_TRANSFORMERS=` skips them.
+COMPAT_TRANSFORMERS ?= 4.38.2 4.46.3
 
-.PHONY: setup test test-all demo demo-quick bench
+.PHONY: setup test test-compat test-all demo demo-quick bench
 
 setup:
 	@bash scripts/setup.sh
 
-# CI's command: the whole suite except GPU-only tests.
+# CI's command: the whole suite except GPU-only tests, then the fast suite under each COMPAT_TRANSFORMERS release.
 test: setup
 	$(VENV)/bin/ruff check .
 	$(OFFLINE) $(VENV)/bin/python -m pytest -m "not gpu" $(PYTEST_ARGS)
+	@for v in $(COMPAT_TRANSFORMERS); do bash scripts/test_compat.sh $$v || exit 1; done
+
+# Only the fast suite under the older transformers releases (PYTEST_ARGS go to each run).
+test-compat:
+	@for v in $(COMPAT_TRANSFORMERS); do bash scripts/test_compat.sh $$v $(PYTEST_ARGS) || exit 1; done
 
 # The main job: profile AntiBERTy on human VH germlines, build schedules, generate, evaluate, report.
 demo: setup

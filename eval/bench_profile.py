@@ -83,18 +83,20 @@ _WORKER = """
 import sys, time, torch
 sys.path.insert(0, {root!r})
 import mdm_sched as ms
+from mdm_sched.distributed import end_state, launched_state
 from mdm_sched.profile import estimate_profile
 torch.set_num_threads({threads})
+state = launched_state(cpu=True)  # gloo under torchrun; None for one process
 model = ms.load_masked_lm({model!r})
 seqs = ms.data.germlines("human", {chain!r})
 t0 = time.perf_counter()
 p = estimate_profile(model, seqs, n_tokens={n}, levels={levels}, batch_size={bs}, tokens_per_level={tpl},
-                     progress=False, checkpoint_every=2)
+                     progress=False, checkpoint_every=2, accelerator=state)
 wall = time.perf_counter() - t0
-import torch.distributed as dist
-if not dist.is_initialized() or dist.get_rank() == 0:
+if state is None or state.is_main_process:
     p.save(sys.argv[1])
     print("WALL", wall)
+end_state(state)
 """
 
 

@@ -28,7 +28,11 @@ _LAZY = {
     "orders": ("mdm_sched.orders", None),
     "GenerationOutput": ("mdm_sched.sampling", "GenerationOutput"),
     "InformationProfile": ("mdm_sched.profile", "InformationProfile"),
-    "estimate_profile": ("mdm_sched.profile", "estimate_profile"),
+    "estimate_profile": ("mdm_sched.estimate", "estimate_profile"),
+    "estimate_self_profile": ("mdm_sched.self_profile", "estimate_self_profile"),
+    "Examples": ("mdm_sched.conditioning", "Examples"),
+    "conditioning": ("mdm_sched.conditioning", None),
+    "policy": ("mdm_sched.policy", None),
     "data": ("mdm_sched.data", None),
     "assets": ("mdm_sched.assets", None),
 }

@@ -69,6 +69,13 @@ def read_json(path: str | os.PathLike, *, what: str) -> Any:
         raise ValueError(f"{what} file {path} is not valid JSON ({exc}); was it truncated or written by another tool?") from exc
 
 
+def library_version() -> str:
+    """The installed mdm_sched version, recorded in every saved file."""
+    from . import __version__
+
+    return __version__
+
+
 def check_format(data: Any, *, fmt: str, version: int, what: str) -> dict[str, Any]:
     """``data`` as a dict if it is an mdm_sched file of format ``fmt`` this library can read.
 

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from .schedules import Schedule
 
 __all__ = ["ModelLike", "TokenIds", "PromptLike", "ScheduleLike", "CurveLike", "PathLike", "GeneratorLike",
-           "TokenizerLike", "HasLogits"]
+           "TokenizerLike", "HasLogits", "PastKeyValues", "CacheMode"]
 
 
 @runtime_checkable
@@ -54,3 +54,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 GeneratorLike = Union[torch.Generator, Sequence[torch.Generator], None]
 #: Held-out data: a datasets.Dataset, token-id sequences, strings, a 2-D tensor or a source spec string.
 DataLike = Union[str, Iterable[Sequence[int]], Iterable[str], torch.Tensor, object]
+#: A KV cache in Fast-dLLM's format: per layer a ``(key, value)`` pair, the sequence on dimension ``-2``.
+PastKeyValues = Sequence[Sequence[torch.Tensor]]
+#: ``generate(cache=...)``: reuse keys/values of the tokens before the block (``"prefix"``) or also after it (``"dual"``).
+CacheMode = str

@@ -126,11 +126,22 @@ def resolve(name: str, *, cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def read_metadata(path: str | os.PathLike) -> dict | None:
-    """The ``mdm_sched.json`` facts of a model directory, or ``None`` when it has none."""
+    """The ``mdm_sched.json`` facts of a model directory, or ``None`` when it has none.
+
+    Raises:
+        ValueError: the file is not a JSON object (the message says how to fix the directory).
+    """
     f = Path(path) / METADATA_FILE
     if not f.is_file():
         return None
-    return json.loads(f.read_text())
+    try:
+        data = json.loads(f.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{f} is not valid JSON ({exc}); delete it or rebuild the model directory") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{f} must hold a JSON object of model facts, got {type(data).__name__}; "
+                         "delete it or rebuild the model directory")
+    return data
 
 
 # --------------------------------------------------------------------------------------------------
@@ -271,8 +282,10 @@ def _prepare_antiberty(sources: dict[str, Path], out: Path) -> dict:
     import torch
     from transformers import BertForMaskedLM, BertTokenizer
 
+    from .compat import dtype_kwargs
+
     with _quiet_transformers():
-        model = BertForMaskedLM.from_pretrained(str(sources["weights_dir"]), dtype=torch.float32)
+        model = BertForMaskedLM.from_pretrained(str(sources["weights_dir"]), **dtype_kwargs(torch.float32))
     # Guard against a silent untying problem: the MLM decoder must equal the checkpoint's decoder.
     state = torch.load(sources["weights"], map_location="cpu", weights_only=True)
     expected = state["cls.predictions.decoder.weight"]

@@ -8,8 +8,9 @@ Rules (documented once, here):
   filled left to right. Mask tokens inside a prompt are infilled together with the first block. With
   ``gen_length=0`` (pure infilling) there is one block: the prompts' masks, whose nominal length is the
   largest number of masks in a row.
-* **EOS.** With ``stop_at_eos``, once a row commits EOS in the generated span every masked position after
-  it becomes EOS; positions before it are still generated.
+* **Chat.** ``messages=`` (or string prompts with ``apply_chat_template=True``) become prompt ids through
+  the tokenizer's chat template before anything else (:func:`chat_prompts`, :meth:`MaskedLM.encode_chat`).
+* When a row is finished (EOS, stop strings) is :mod:`mdm_sched.stopping`'s business.
 """
 from __future__ import annotations
 
@@ -20,9 +21,29 @@ import torch
 
 from ._types import PromptLike
 from .models import MaskedLM
+from .text import Conversation
 from .validation import is_int
 
-__all__ = ["Canvas", "Block", "prompt_tensors", "plan_blocks"]
+__all__ = ["Canvas", "Block", "prompt_tensors", "plan_blocks", "chat_prompts"]
+
+
+def chat_prompts(mlm: MaskedLM, prompts: PromptLike | None, messages: Conversation | Sequence[Conversation] | None,
+                 apply_chat_template: bool) -> PromptLike | None:
+    """The prompts after chat templating: token-id lists for ``messages`` (one conversation or one per row) or
+    for string ``prompts`` with ``apply_chat_template`` (each string one user message); else ``prompts``."""
+    if not isinstance(apply_chat_template, bool):
+        raise TypeError(f"apply_chat_template must be True or False, got {apply_chat_template!r}")
+    if messages is not None:
+        if prompts is not None:
+            raise ValueError("pass either prompts= or messages=, not both")
+        return mlm.encode_chat(messages)
+    if not apply_chat_template:
+        return prompts
+    texts = [prompts] if isinstance(prompts, str) else prompts
+    if not (isinstance(texts, (list, tuple)) and texts and all(isinstance(t, str) for t in texts)):
+        raise ValueError("apply_chat_template=True takes string prompts (each becomes one user message); for token "
+                         "ids pass them already templated, or pass messages=[[{'role': 'user', 'content': ...}], ...]")
+    return mlm.encode_chat([[{"role": "user", "content": t}] for t in texts])
 
 
 def _rows_from_lists(mlm: MaskedLM, prompts: Sequence) -> list[list[int]]:
@@ -137,16 +158,6 @@ class Canvas:
         self.token_logprobs[select] = logp.float()
         self.reveal_step[select] = call
         self.masked &= ~select
-
-    def fill_after_eos(self, eos: int, call: int) -> None:
-        """Every masked generated position after a committed EOS becomes EOS (revealed at ``call``)."""
-        cols = torch.arange(self.x.shape[1], device=self.x.device)
-        is_eos = (self.x == eos) & (cols >= self.prompt_length) & ~self.masked & self.attention
-        fill = self.masked & (is_eos.long().cumsum(1) > 0)
-        if bool(fill.any()):
-            self.x[fill] = eos
-            self.reveal_step[fill] = call
-            self.masked &= ~fill
 
 
 def plan_blocks(canvas: Canvas, gen_length: int, block_length: int | None) -> list[Block]:

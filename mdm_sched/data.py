@@ -29,13 +29,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .assets import AMINO_ACIDS  # one definition; re-exported here for `from mdm_sched.data import AMINO_ACIDS`
+
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["germlines", "germline_records", "kjv", "kjv_records", "load_source", "token_sequences", "BUILTIN_SOURCES",
-           "AMINO_ACIDS", "fixed_length"]
+__all__ = ["germlines", "germline_records", "imgt_numbers", "kjv", "kjv_records", "load_source", "token_sequences",
+           "BUILTIN_SOURCES", "AMINO_ACIDS", "IMGT_GAP", "fixed_length"]
 
-AMINO_ACIDS = frozenset("ACDEFGHIKLMNPQRSTVWY")
+_AMINO_ACID_SET = frozenset(AMINO_ACIDS)
+#: the gap character of IMGT-gapped sequences (ANARCI's germline strings)
+IMGT_GAP = "-"
 SPLITS = ("train", "test")
 
 #: Spec strings :func:`load_source` understands besides paths and hub names.
@@ -101,7 +105,7 @@ def _anarci_germlines() -> dict:
 
 
 def germline_records(species: str = "human", chain: str = "H", *, split: str | None = None, seed: int = 0,
-                     test_fraction: float = 0.5) -> list[tuple[str, str]]:
+                     test_fraction: float = 0.5, gapped: bool = False) -> list[tuple[str, str]]:
     """Like :func:`germlines` but returns ``(gene name, sequence)`` pairs."""
     _check_split(split, seed, test_fraction)
     v_genes = _anarci_germlines()["V"]
@@ -113,19 +117,20 @@ def germline_records(species: str = "human", chain: str = "H", *, split: str | N
     species_ok = sorted(set.intersection(*(set(v_genes[c]) for c in parts)))
     if not isinstance(species, str) or species not in species_ok:
         raise ValueError(f"species={species!r}: unknown for chain {chain!r}; valid species: {', '.join(species_ok)}")
-    named = sorted((name, seq.replace("-", "")) for c in parts for name, seq in v_genes[c][species].items())
+    named = sorted((name, seq) for c in parts for name, seq in v_genes[c][species].items())
     seen: set[str] = set()
     records = []
-    for name, seq in named:  # sorted by name, so the first allele of a duplicate sequence is kept
-        if seq and seq not in seen and set(seq) <= AMINO_ACIDS:
+    for name, imgt in named:  # sorted by name, so the first allele of a duplicate sequence is kept
+        seq = imgt.replace(IMGT_GAP, "")
+        if seq and seq not in seen and set(seq) <= _AMINO_ACID_SET:
             seen.add(seq)
-            records.append((name, seq))
+            records.append((name, imgt if gapped else seq))
     # Split by gene (the name before "*"): alleles differ by a residue or two and must not straddle.
     return _select(records, [name.split("*")[0] for name, _ in records], split, seed, test_fraction)
 
 
 def germlines(species: str = "human", chain: str = "H", *, split: str | None = None, seed: int = 0,
-              test_fraction: float = 0.5) -> list[str]:
+              test_fraction: float = 0.5, gapped: bool = False) -> list[str]:
     """Antibody V-gene germline protein sequences from the installed ANARCI package.
 
     Args:
@@ -135,6 +140,9 @@ def germlines(species: str = "human", chain: str = "H", *, split: str | None = N
             by gene (all alleles of a gene on the same side); the two are disjoint and cover all.
         seed: seed of the split.
         test_fraction: fraction of genes in ``"test"``.
+        gapped: return ANARCI's IMGT-gapped strings instead (128 characters, ``"-"`` where a gene has no
+            residue): character ``i`` is IMGT position ``i + 1`` (see :func:`imgt_numbers`). The same records
+            in the same order either way.
 
     Returns:
         Ungapped sequences, ordered by gene name; identical sequences appear once (first allele by
@@ -145,7 +153,23 @@ def germlines(species: str = "human", chain: str = "H", *, split: str | None = N
     Note also that antibody language models saw near-germline sequences in training: these are real
     but not strictly held-out data for them.
     """
-    return [seq for _, seq in germline_records(species, chain, split=split, seed=seed, test_fraction=test_fraction)]
+    return [seq for _, seq in germline_records(species, chain, split=split, seed=seed, test_fraction=test_fraction,
+                                               gapped=gapped)]
+
+
+def imgt_numbers(gapped: str) -> list[int]:
+    """The IMGT position (1-based) of each residue of an IMGT-gapped sequence, in order.
+
+    >>> imgt_numbers("QV-Q")
+    [1, 2, 4]
+
+    ANARCI's germline strings have one character per IMGT position (``"-"`` = no residue there), so regions
+    defined by IMGT number (CDR1 = 27-38, FR2 = 39-55, CDR2 = 56-65) are the residues whose number falls
+    in the range.
+    """
+    if not isinstance(gapped, str):
+        raise TypeError(f"gapped must be an IMGT-gapped string (e.g. from germlines(gapped=True)), got {type(gapped).__name__}")
+    return [i + 1 for i, c in enumerate(gapped) if c != IMGT_GAP]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -304,7 +328,8 @@ def load_source(spec: str, *, text_column: str | None = None, cache_dir: str | o
 
     Args:
         spec: one of
-            ``"antibody-germlines:SPECIES:CHAIN[:train|test]"`` (columns ``text``, ``name``),
+            ``"antibody-germlines:SPECIES:CHAIN[:train|test]"`` (columns ``text``, ``name`` and ``imgt``: the
+            IMGT-gapped sequence, see :func:`imgt_numbers`),
             ``"kjv[:train|test]"`` (columns ``text``, ``chapter``),
             a local ``.txt`` file (one example per non-empty line, column ``text``),
             ``.json``/``.jsonl``/``.csv``/``.parquet`` (the file's columns),
@@ -333,8 +358,9 @@ def load_source(spec: str, *, text_column: str | None = None, cache_dir: str | o
             raise ValueError(f"load_source({spec!r}): expected 'antibody-germlines:SPECIES:CHAIN[:train|test]', "
                              f"e.g. 'antibody-germlines:human:H'")
         sp = _merge_split(spec, rest[2] if len(rest) == 3 else None, split)
-        recs = germline_records(rest[0], rest[1], split=sp)
-        ds = datasets.Dataset.from_dict({"text": [s for _, s in recs], "name": [n for n, _ in recs]})
+        recs = germline_records(rest[0], rest[1], split=sp, gapped=True)
+        ds = datasets.Dataset.from_dict({"text": [s.replace(IMGT_GAP, "") for _, s in recs],
+                                         "name": [n for n, _ in recs], "imgt": [s for _, s in recs]})
         return _with_text_column(ds, spec, text_column)
     if head == "kjv":
         if len(rest) > 1 or (rest and rest[0] not in SPLITS):

@@ -1,154 +1,134 @@
-"""The evaluation harness behind ``mdm-sched eval`` and ``mdm-sched demo``.
+"""The evaluation harness behind ``mdm-sched eval`` and ``mdm-sched demo``: measure, cache, return typed results.
 
-One run, for a model, a profile fitted on one split and an evaluation split (THEORY.md sections 3, 6):
+One run, for a model, a profile fitted on one split and an evaluation split (docs/theory.md §3, §6):
 
-1. fixed generation length ``N`` (default: the median length of the data; shorter sequences are
-   dropped, longer ones cropped to their first ``N`` tokens);
-2. the profile on the profile split (``estimate_profile``), cached as ``profile.json``;
+1. fixed generation length ``N`` under the library's one length policy (:func:`mdm_sched.data.fixed_length`:
+   default the most common length of the evaluation split, other lengths dropped; the profile split is
+   cropped to ``N``, shorter sequences dropped);
+2. the profile on the profile split (``estimate_profile``);
 3. schedules (constant, cosine, geometric, optimal, sqrt by default) for every budget ``T``;
 4. held-out metrics on the evaluation split, all schedules at once with common random orders:
-   the bound ``NLL_T`` and the ``M``-order estimate (cached as ``cache/heldout.json``);
+   the bound ``NLL_T`` and the ``M``-order estimate;
 5. for each (order, schedule, T): samples, then path KL to the N-step sampler (random order only),
-   k-mer and per-position JS divergences to the evaluation split, and a judge model's pseudo-log-likelihood
-   (each cached as ``cache/samples/<order>_<schedule>_T<T>.json``: a rerun skips finished parts);
-6. reference samplers (1 call, N calls) for the sensitivity check; verdicts; calls saved;
-   ``results.json``, ``results.csv``, PNG plots and ``report.md`` (:mod:`mdm_sched.report`);
-   optionally the exact-oracle theory table (:func:`oracle_theory`).
+   k-mer and per-position JS divergences to the evaluation split, and a judge model's pseudo-log-likelihood;
+6. reference samplers (1 call, N calls) for the sensitivity check, and the held-out data's own levels;
+7. with ``EvalConfig.infill``: the infilling stage (:mod:`mdm_sched.infill_eval`): every decoder (fixed schedules
+   and adaptive rules, :mod:`mdm_sched.decoders`) on a task with ground truth, at the model calls each makes;
+8. :class:`~mdm_sched.results.EvalResults`, whose conclusions and files come from :mod:`mdm_sched.report`
+   (``results.json``, ``results.csv``, PNG plots, ``report.md``); optionally the exact-oracle theory table
+   (:mod:`mdm_sched.theory`).
 
-``mdm-sched demo`` runs this on AntiBERTy with human VH germlines (judge: Sapiens VH); ``--quick`` on
-Sapiens VH (judge: AntiBERTy) with smaller sizes.
+Stages 2, 4, 5, 6 and 7 are cached under ``OUT/cache`` (:func:`cached_stage`): a rerun with the same settings
+skips finished parts. The command line lives in :mod:`mdm_sched.cli`.
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import math
 import sys
 import time
+import warnings
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from . import metrics, report
 from . import schedules as _schedules
-from ._io import atomic_write_json, atomic_write_text, read_json
+from ._io import atomic_write_json, read_json
+from ._types import PathLike
+from .results import (
+    Estimate,
+    EvalConfig,
+    EvalResults,
+    PairedDiff,
+    ProfileSummary,
+    ReferenceValues,
+    ResultRow,
+    SensitivityCheck,
+    SplitSummary,
+)
+from .validation import check_float, check_int, check_optional_int
 
-__all__ = ["EvalConfig", "run_eval", "oracle_theory", "prepare_sequences", "add_eval_arguments", "eval_command",
-           "add_demo_arguments", "demo_command", "DEMO_FULL", "DEMO_QUICK", "main"]
+if TYPE_CHECKING:
+    from .profile import InformationProfile
+    from .sampling import GenerationOutput
 
-DEFAULT_SCHEDULES = ("constant", "cosine", "geometric", "optimal", "sqrt")
+__all__ = ["EvalConfig", "EvalResults", "run_eval", "cached_stage", "DEMO_FULL", "DEMO_QUICK", "ORDERS",
+           "SAMPLE_METRICS"]
 
+DEMO_FULL = EvalConfig(budgets=(5, 10, 15), schedules=("constant", "cosine", "optimal", "sqrt"), orders=("random",),
+                       num_samples=8, n_orders=2, max_eval_sequences=16, path_kl_levels=2, judge_positions=2,
+                       profile_levels=24, profile_tokens_per_level=1536, theory=True,
+                       infill="imgt:1-65", infill_orders=("confidence",), infill_budgets=(2, 4),
+                       thresholds=(0.5, 0.7), entropy_bounds=(8.0, 32.0))
+DEMO_QUICK = EvalConfig(model="sapiens-vh", judge=None, budgets=(4, 8, 16), num_samples=32, n_orders=2,
+                        max_eval_sequences=64, path_kl_levels=8, judge_positions=1, orders=("random",),
+                        profile_levels=24, profile_tokens_per_level=2048, theory=True,
+                        infill="imgt:27-65", infill_orders=("confidence",), infill_budgets=(2, 4, 8),
+                        thresholds=(0.5, 0.7, 0.9), entropy_bounds=(2.0, 8.0))
 
-@dataclasses.dataclass
-class EvalConfig:
-    """Everything a run depends on (stored in ``results.json``; caches are keyed on the relevant parts).
-
-    Cost knobs (model rows evaluated): profile ``profile_levels x profile_tokens_per_level / (N/2)``;
-    held-out ``|union of block starts| x n_orders x n_eval``; generation ``sum(T) x num_samples`` per
-    schedule and order; path KL ``path_kl_levels x num_samples`` per config (``None``: ``N - T``);
-    judge ``judge_positions x num_samples`` per config: ``judge_positions`` forwards per sample, each scoring
-    15% randomly masked positions (``None``: the exact pseudo-log-likelihood, ``N`` forwards per sample).
-    """
-
-    model: str = "antiberty"
-    judge: str | None = "sapiens-vh"
-    data: str = "antibody-germlines:human:H"
-    profile_split: str = "train"
-    eval_split: str = "test"
-    n_tokens: int | None = None
-    budgets: tuple[int, ...] = (5, 10, 15, 30)
-    schedules: tuple[str, ...] = DEFAULT_SCHEDULES
-    orders: tuple[str, ...] = ("random", "confidence")
-    confidence_budgets: tuple[int, ...] | None = None
-    num_samples: int = 32
-    n_orders: int = 2
-    max_eval_sequences: int | None = None
-    path_kl_levels: int | None = 8
-    judge_positions: int | None = 16
-    profile_levels: int = 32
-    profile_tokens_per_level: int = 2048
-    reference_budget: int | None = None
-    sensitivity_z: float = 5.0
-    batch_size: int = 64
-    seed: int = 0
-    theory: bool = False
-    threads: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-DEMO_FULL = EvalConfig(num_samples=16, n_orders=2, max_eval_sequences=32, path_kl_levels=4, judge_positions=2,
-                       confidence_budgets=(10,), profile_levels=24, profile_tokens_per_level=1536, theory=True,
-                       threads=1)
-DEMO_QUICK = EvalConfig(model="sapiens-vh", judge="antiberty", budgets=(4, 8, 16), num_samples=32, n_orders=2,
-                        max_eval_sequences=64, path_kl_levels=8, judge_positions=1, confidence_budgets=(8,), threads=1,
-                        profile_levels=24, profile_tokens_per_level=2048, theory=True)
+ORDERS = ("random", "confidence", "margin", "entropy")
+BASELINE_DECODER = "constant"
+SAMPLE_METRICS = ("path_kl", "js2", "js3", "pos_js", "judge_pll")
+#: a cache file's content besides its fingerprint (JSON values)
+Payload = dict[str, Any]
+Schedules = dict[tuple[str, int], _schedules.Schedule]
 
 
 # --------------------------------------------------------------------------------------------------
-# data
+# caching
 # --------------------------------------------------------------------------------------------------
 
-def prepare_sequences(seqs: Sequence[Sequence[int]], n_tokens: int | None) -> tuple[torch.Tensor, int]:
-    """Fixed-length token ids: drop sequences shorter than ``n_tokens`` (default: median length), crop the rest."""
-    lengths = np.array([len(s) for s in seqs])
-    if lengths.size == 0:
-        raise ValueError("no sequences: the data split is empty")
-    n = int(np.median(lengths)) if n_tokens is None else int(n_tokens)
-    if n < 2:
-        raise ValueError(f"n_tokens={n}: need at least 2 tokens to generate")
-    kept = [list(s[:n]) for s in seqs if len(s) >= n]
-    if not kept:
-        raise ValueError(f"n_tokens={n} is longer than every sequence (longest {lengths.max()}); use a smaller n_tokens")
-    return torch.tensor(kept, dtype=torch.long), n
-
-
-def _load_split(model: Any, spec: str, split: str) -> tuple[list[list[int]], str]:
-    from . import data
-
-    ds = data.load_source(spec, split=split)
-    return data.token_sequences(ds, model), f"{spec}:{split}"
-
-
-# --------------------------------------------------------------------------------------------------
-# caching helpers
-# --------------------------------------------------------------------------------------------------
-
-def _seed_of(*parts: Any) -> int:
+def _seed_of(*parts: object) -> int:
     return zlib.crc32(json.dumps(parts, default=str).encode()) & 0x7FFFFFFF
 
 
-def _cached(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        obj = read_json(path, what="cache")
-    except ValueError:
-        return None
-    return obj if obj.get("fingerprint") == json.loads(json.dumps(fingerprint, default=str)) else None
+def _as_json(obj: object) -> Any:
+    """``obj`` as it reads back from JSON (so a computed and a cached stage return identical values)."""
+    return json.loads(json.dumps(obj, default=str))
 
 
-def _store(path: Path, fingerprint: dict[str, Any], payload: dict[str, Any]) -> None:
-    atomic_write_json(path, {"fingerprint": json.loads(json.dumps(fingerprint, default=str)), **payload})
+def cached_stage(path: PathLike, fingerprint: Mapping[str, object], compute: Callable[[], Payload], *,
+                 name: str = "", log: Callable[[str], None] | None = None) -> Payload:
+    """The payload cached at ``path`` for ``fingerprint``, or ``compute()``'s, stored there atomically first.
+
+    A missing, unreadable or differently fingerprinted file is recomputed. The payload comes back as JSON
+    values either way (lists, not tuples or tensors). ``name``/``log``: one line saying "cached" or the time taken.
+    """
+    path = Path(path)
+    fp = _as_json(dict(fingerprint))
+    if path.is_file():
+        try:
+            hit = read_json(path, what="cache")
+        except ValueError:
+            hit = None
+        if isinstance(hit, dict) and hit.get("fingerprint") == fp:
+            if log and name:
+                log(f"[harness] {name}: cached")
+            return {k: v for k, v in hit.items() if k != "fingerprint"}
+    t0 = time.time()
+    payload = _as_json(compute())
+    atomic_write_json(path, {"fingerprint": fp, **payload})
+    if log and name:
+        log(f"[harness] {name}: {time.time() - t0:.1f} s")
+    return payload
+
+
+def _pair(value: Any) -> tuple[float, float]:
+    v, s = value
+    return float(v), float(s)
 
 
 # --------------------------------------------------------------------------------------------------
-# the run
+# the run's stages
 # --------------------------------------------------------------------------------------------------
-
-def _row(metric: str, order: str, schedule: str, t: int, value: float, se: float, **extra: Any) -> dict[str, Any]:
-    return {"metric": metric, "order": order, "schedule": schedule, "T": int(t), "value": float(value),
-            "se": float(se), **extra}
-
 
 class _Run:
-    """State of one harness run (models, data, caches); methods are the pipeline's stages."""
+    """State of one harness run (models, fixed-length data, caches); methods are the pipeline's stages."""
 
     def __init__(self, cfg: EvalConfig, out: Path, log: Callable[[str], None], progress: bool) -> None:
         import mdm_sched as ms
@@ -157,97 +137,98 @@ class _Run:
         self.cache = out / "cache"
         self.forward_rows = 0
         t0 = time.time()
-        self.model = ms.load_masked_lm(cfg.model) if isinstance(cfg.model, str) else ms.wrap(cfg.model)
-        self.judge = None
-        if cfg.judge:
-            self.judge = ms.load_masked_lm(cfg.judge) if isinstance(cfg.judge, str) else ms.wrap(cfg.judge)
-        prof_ids, self.prof_desc = _load_split(self.model, cfg.data, cfg.profile_split)
-        eval_ids, self.eval_desc = _load_split(self.model, cfg.data, cfg.eval_split)
-        self.eval_x, self.n = prepare_sequences(eval_ids, cfg.n_tokens)
-        self.prof_x, _ = prepare_sequences(prof_ids, self.n)
+        self.model = ms.load_masked_lm(cfg.model)
+        self.judge = ms.load_masked_lm(cfg.judge) if cfg.judge else None
+        self._load_data()
+        self.base_fp = {"model": cfg.model, "config_hash": self.model.config_hash, "n": self.n, "data": cfg.data,
+                        "eval_split": cfg.eval_split, "seed": cfg.seed, "n_eval": int(self.eval_x.shape[0])}
+        self.log(f"[harness] {cfg.model}: N={self.n}, profile split {self.prof_x.shape[0]} seqs, eval split "
+                 f"{self.eval_x.shape[0]} seqs (loaded in {time.time() - t0:.0f} s)")
+
+    def _split(self, split: str, n_tokens: int | None) -> tuple[torch.Tensor, int, dict[str, int]]:
+        """One split's token ids under :func:`mdm_sched.data.fixed_length` (its counts go to the results)."""
+        from . import data
+
+        seqs = data.token_sequences(data.load_source(self.cfg.data, split=split), self.model)
+        with warnings.catch_warnings():  # the dropped/cropped counts are reported in results and report instead
+            warnings.simplefilter("ignore", UserWarning)
+            return data.fixed_length(seqs, n_tokens)
+
+    def _load_data(self) -> None:
+        cfg = self.cfg
+        self.eval_x, self.n, ev = self._split(cfg.eval_split, cfg.n_tokens)
+        self.prof_x, _, pr = self._split(cfg.profile_split, self.n)
         if cfg.max_eval_sequences is not None and self.eval_x.shape[0] > cfg.max_eval_sequences:
             g = torch.Generator().manual_seed(_seed_of("eval-subset", cfg.seed))
             keep = torch.randperm(self.eval_x.shape[0], generator=g)[:cfg.max_eval_sequences].sort().values
             self.eval_x = self.eval_x[keep]
-        self.base_fp = {"model": str(cfg.model), "config_hash": self.model.config_hash, "n": self.n,
-                        "data": cfg.data, "eval_split": cfg.eval_split, "seed": cfg.seed,
-                        "n_eval": int(self.eval_x.shape[0])}
-        self.log(f"[harness] {cfg.model}: N={self.n}, profile split {self.prof_x.shape[0]} seqs, eval split "
-                 f"{self.eval_x.shape[0]} seqs (loaded in {time.time() - t0:.0f} s)")
+        self.eval_data = SplitSummary(cfg.eval_split, int(self.eval_x.shape[0]), ev["dropped"], ev["cropped"])
+        self.profile_data = SplitSummary(cfg.profile_split, int(self.prof_x.shape[0]), pr["dropped"], pr["cropped"])
+
+    def stage(self, name: str, file: str, fingerprint: Mapping[str, object], compute: Callable[[], Payload], *,
+              eval_subset: bool = True) -> Payload:
+        """``compute()``'s payload, cached under ``OUT/cache/file`` for this run's model and data plus ``fingerprint``.
+
+        ``eval_subset=False``: the stage does not use the (``max_eval_sequences``) evaluation subset, so changing
+        it does not invalidate the cache (the infilling stage fingerprints its own examples).
+        """
+        base = self.base_fp if eval_subset else {k: v for k, v in self.base_fp.items() if k != "n_eval"}
+        return cached_stage(self.cache / file, {**base, **fingerprint}, compute, name=name, log=self.log)
+
 
     # -- profile -----------------------------------------------------------------------------------
-    def profile(self) -> Any:
-        from .profile import InformationProfile, estimate_profile
+    def profile(self) -> InformationProfile:
+        import mdm_sched as ms
 
-        path = self.out / "profile.json"
-        fp = {**self.base_fp, "split": self.cfg.profile_split, "levels": self.cfg.profile_levels,
-              "tokens_per_level": self.cfg.profile_tokens_per_level}
-        meta_path = self.cache / "profile.fingerprint.json"
-        if path.is_file() and _cached(meta_path, fp) is not None:
-            self.log("[harness] profile: cached")
-            return InformationProfile.load(path)
-        t0 = time.time()
-        prof = estimate_profile(self.model, [r.tolist() for r in self.prof_x], n_tokens=self.n,
-                                levels=self.cfg.profile_levels, tokens_per_level=self.cfg.profile_tokens_per_level,
-                                batch_size=self.cfg.batch_size, seed=self.cfg.seed, progress=self.progress,
-                                checkpoint=self.cache / "profile.checkpoint.json",
-                                data_description=self.prof_desc)
-        prof.save(path)
-        _store(meta_path, fp, {"seconds": time.time() - t0})
-        self.log(f"[harness] profile: {time.time() - t0:.0f} s")
-        return prof
+        cfg = self.cfg
 
-    # -- schedules ---------------------------------------------------------------------------------
-    def build_schedules(self, curve: np.ndarray) -> dict[tuple[str, int], _schedules.Schedule]:
-        out = {}
-        for t in self.cfg.budgets:
-            for name in self.cfg.schedules:
-                out[(name, t)] = _schedules.build(name, self.n, t, curve)
-        return out
+        def compute() -> Payload:
+            prof = ms.estimate_profile(self.model, [r.tolist() for r in self.prof_x], n_tokens=self.n,
+                                       levels=cfg.profile_levels, tokens_per_level=cfg.profile_tokens_per_level,
+                                       batch_size=cfg.batch_size, seed=cfg.seed, progress=self.progress,
+                                       checkpoint=self.cache / "profile.checkpoint.npz",
+                                       data_description=f"{cfg.data}:{cfg.profile_split}")
+            return {"profile": prof.to_dict()}
+
+        fp = {"what": "profile", "split": cfg.profile_split, "levels": cfg.profile_levels,
+              "tokens_per_level": cfg.profile_tokens_per_level}
+        return ms.InformationProfile.from_dict(self.stage("profile", "profile.json", fp, compute)["profile"])
 
     # -- held-out ----------------------------------------------------------------------------------
-    def heldout(self, scheds: dict[tuple[str, int], _schedules.Schedule]) -> list[dict[str, Any]]:
+    def heldout_rows(self, scheds: Schedules) -> list[ResultRow]:
+        """The bound and the M-order NLL per (schedule, T), paired with the constant schedule when present."""
         keyed = {f"{name}@T={t}": s for (name, t), s in scheds.items()}
-        fp = {**self.base_fp, "what": "heldout", "n_orders": self.cfg.n_orders,
-              "schedules": {k: list(s.sizes) for k, s in keyed.items()}}
-        path = self.cache / "heldout.json"
-        hit = _cached(path, fp)
-        if hit is None:
-            t0 = time.time()
+
+        def compute() -> Payload:
             g = torch.Generator().manual_seed(_seed_of("heldout", self.cfg.seed))
             res = metrics.heldout_likelihood(self.model, self.eval_x, keyed, n_orders=self.cfg.n_orders,
                                              generator=g, batch_size=self.cfg.batch_size)
-            per_seq = {k: v.tolist() for k, v in res.logq.items()}
-            _store(path, fp, {"logq": per_seq, "n_tokens": res.n_tokens, "rows": res.n_forward_rows,
-                              "seconds": time.time() - t0})
             self.forward_rows += res.n_forward_rows
-            self.log(f"[harness] held-out: {res.n_forward_rows} rows in {time.time() - t0:.0f} s")
-            hit = _cached(path, fp)
-        res = metrics.HeldoutResult(logq={k: torch.tensor(v, dtype=torch.float64) for k, v in hit["logq"].items()},
-                                    n_tokens=hit["n_tokens"], n_forward_rows=hit["rows"])
+            return {"logq": {k: v.tolist() for k, v in res.logq.items()}, "n_tokens": res.n_tokens,
+                    "rows": res.n_forward_rows}
+
+        fp = {"what": "heldout", "n_orders": self.cfg.n_orders, "schedules": {k: list(s.sizes) for k, s in keyed.items()}}
+        hit = self.stage("held-out", "heldout.json", fp, compute)
+        logq = {k: torch.tensor(v, dtype=torch.float64) for k, v in hit["logq"].items()}
+        base = "constant" if "constant" in self.cfg.schedules else None
         rows = []
         for t in self.cfg.budgets:
-            sub = metrics.HeldoutResult(logq={n: res.logq[f"{n}@T={t}"] for n in self.cfg.schedules},
-                                        n_tokens=res.n_tokens, n_forward_rows=0)
-            base = "constant" if "constant" in self.cfg.schedules else None
-            summ = metrics.summarize_heldout(sub, baseline=base)
-            for name, s in summ.items():
+            sub = metrics.HeldoutResult(logq={n: logq[f"{n}@T={t}"] for n in self.cfg.schedules},
+                                        n_tokens=hit["n_tokens"], n_forward_rows=0)
+            for name, s in metrics.summarize_heldout(sub, baseline=base).items():
                 for metric in ("bound", "nll_M"):
-                    extra = {}
-                    if base is not None:
-                        extra["paired_with_constant"] = (s[f"{metric}_diff"], s[f"{metric}_diff_se"])
-                    rows.append(_row(metric, "random", name, t, s[metric], s[f"{metric}_se"], **extra))
+                    paired = None if base is None else PairedDiff(base, s[f"{metric}_diff"], s[f"{metric}_diff_se"])
+                    rows.append(ResultRow(metric, "random", name, t, s[metric], s[f"{metric}_se"], paired=paired))
         return rows
 
     # -- samples -----------------------------------------------------------------------------------
     def _judge_pll(self, ids: torch.Tensor, key: str) -> tuple[float, float]:
         if self.judge is None:
             return float("nan"), float("nan")
-        texts = self.model.decode(ids)
-        enc = self.judge.encode(texts)
-        x = torch.tensor(enc, dtype=torch.long) if len({len(e) for e in enc}) == 1 else None
-        if x is None:
+        enc = self.judge.encode(self.model.decode(ids))
+        if len({len(e) for e in enc}) != 1:
             raise ValueError("the judge tokenizes samples to different lengths; use a judge with one token per residue")
+        x = torch.tensor(enc, dtype=torch.long)
         g = torch.Generator().manual_seed(_seed_of("judge", key, self.cfg.seed))
         if self.cfg.judge_positions is None:  # exact pseudo-log-likelihood: N forwards per sample
             pll = metrics.pseudo_log_likelihood(self.judge, x, generator=g, batch_size=self.cfg.batch_size)
@@ -258,477 +239,221 @@ class _Run:
             self.forward_rows += x.shape[0] * self.cfg.judge_positions
         return metrics.mean_se(pll)
 
-    def sample_config(self, order: str, name: str, sched: _schedules.Schedule) -> dict[str, Any]:
+    def _path_kl(self, out: GenerationOutput, key: str, steps: int) -> tuple[float, float]:
+        if steps >= self.n:
+            return 0.0, 0.0  # the N-step sampler is the reference itself
+        g = torch.Generator().manual_seed(_seed_of("pathkl", key, self.cfg.seed))
+        pk = metrics.path_kl(self.model, out.sequences, out.reveal_step, out.token_logprobs,
+                             n_levels=self.cfg.path_kl_levels, generator=g, batch_size=self.cfg.batch_size)
+        self.forward_rows += pk.n_forward_rows
+        return pk.per_token, pk.per_token_se
+
+    def _spectra(self, ids: torch.Tensor, *seed_parts: str) -> Payload:
+        """k-mer and per-position JS divergences of ``ids`` to the evaluation split (bootstrap SEs)."""
+        gb = torch.Generator().manual_seed(_seed_of(*seed_parts, self.cfg.seed))
+        return {"js2": metrics.kmer_js(ids, self.eval_x, 2, generator=gb),
+                "js3": metrics.kmer_js(ids, self.eval_x, 3, generator=gb),
+                "pos_js": metrics.position_js(ids, self.eval_x, generator=gb)}
+
+    def samples(self, order: str, name: str, sched: _schedules.Schedule) -> Payload:
+        """Samples of one (order, schedule) and every sample-side metric of them (each ``[value, se]``)."""
         import mdm_sched as ms
 
         key = f"{order}_{name}_T{sched.steps}"
-        fp = {**self.base_fp, "what": "samples", "order": order, "sizes": list(sched.sizes),
-              "num_samples": self.cfg.num_samples, "path_kl_levels": self.cfg.path_kl_levels,
-              "judge": str(self.cfg.judge), "judge_positions": self.cfg.judge_positions}
-        path = self.cache / "samples" / f"{key}.json"
-        hit = _cached(path, fp)
-        if hit is not None:
-            return hit
-        t0 = time.time()
-        g = torch.Generator().manual_seed(_seed_of("generate", key, self.cfg.seed))
-        out = ms.generate(self.model, gen_length=self.n, schedule=sched, num_samples=self.cfg.num_samples,
-                          order=order, generator=g)
-        self.forward_rows += out.nfe * self.cfg.num_samples
-        ids = out.generated.cpu()
-        res: dict[str, Any] = {"nfe": out.nfe}
-        if order == "random" and sched.steps < self.n:
-            g2 = torch.Generator().manual_seed(_seed_of("pathkl", key, self.cfg.seed))
-            pk = metrics.path_kl(self.model, out.sequences, out.reveal_step, out.token_logprobs,
-                                 n_levels=self.cfg.path_kl_levels, generator=g2, batch_size=self.cfg.batch_size)
-            self.forward_rows += pk.n_forward_rows
-            res["path_kl"] = (pk.per_token, pk.per_token_se)
-        elif order == "random":
-            res["path_kl"] = (0.0, 0.0)  # the N-step sampler is the reference itself
-        gb = torch.Generator().manual_seed(_seed_of("boot", key, self.cfg.seed))
-        res["js2"] = metrics.kmer_js(ids, self.eval_x, 2, generator=gb)
-        res["js3"] = metrics.kmer_js(ids, self.eval_x, 3, generator=gb)
-        res["pos_js"] = metrics.position_js(ids, self.eval_x, generator=gb)
-        res["judge_pll"] = self._judge_pll(ids, key)
-        res["mean_token_logprob"] = metrics.mean_se(out.token_logprobs[:, -self.n:].double().mean(1))
-        res["samples"] = ids.tolist()
-        res["seconds"] = time.time() - t0
-        _store(path, fp, res)
-        self.log(f"[harness] {key}: {time.time() - t0:.1f} s")
-        return _cached(path, fp)
+
+        def compute() -> Payload:
+            g = torch.Generator().manual_seed(_seed_of("generate", key, self.cfg.seed))
+            out = ms.generate(self.model, gen_length=self.n, schedule=sched, num_samples=self.cfg.num_samples,
+                              order=order, generator=g)
+            self.forward_rows += out.nfe * self.cfg.num_samples
+            ids = out.generated.cpu()
+            res: Payload = {"nfe": out.nfe, **self._spectra(ids, "boot", key)}
+            if order == "random":
+                res["path_kl"] = self._path_kl(out, key, sched.steps)
+            res["judge_pll"] = self._judge_pll(ids, key)
+            res["mean_token_logprob"] = metrics.mean_se(out.token_logprobs[:, -self.n:].double().mean(1))
+            return {**res, "samples": ids.tolist()}
+
+        fp = {"what": "samples", "order": order, "sizes": list(sched.sizes), "num_samples": self.cfg.num_samples,
+              "path_kl_levels": self.cfg.path_kl_levels, "judge": str(self.cfg.judge),
+              "judge_positions": self.cfg.judge_positions}
+        return self.stage(key, f"samples/{key}.json", fp, compute)
 
     def heldout_references(self) -> dict[str, tuple[float, float]]:
         """Sample-side metrics of the profile split against the evaluation split: the finite-sample floor."""
-        path = self.cache / "heldout_reference.json"
-        fp = {**self.base_fp, "what": "reference", "judge": str(self.cfg.judge),
-              "judge_positions": self.cfg.judge_positions, "num_samples": self.cfg.num_samples}
-        hit = _cached(path, fp)
-        if hit is None:
+        def compute() -> Payload:
             g = torch.Generator().manual_seed(_seed_of("ref-subset", self.cfg.seed))
             sub = self.prof_x[torch.randperm(self.prof_x.shape[0], generator=g)[:self.cfg.num_samples]]
-            gb = torch.Generator().manual_seed(_seed_of("ref-boot", self.cfg.seed))
-            res = {"js2": metrics.kmer_js(sub, self.eval_x, 2, generator=gb),
-                   "js3": metrics.kmer_js(sub, self.eval_x, 3, generator=gb),
-                   "pos_js": metrics.position_js(sub, self.eval_x, generator=gb),
-                   "judge_pll": self._judge_pll(self.eval_x, "eval-set")}
-            _store(path, fp, res)
-            hit = _cached(path, fp)
-        return {k: tuple(v) for k, v in hit.items() if k != "fingerprint"}
+            return {**self._spectra(sub, "ref-boot"), "judge_pll": self._judge_pll(self.eval_x, "eval-set")}
+
+        fp = {"what": "reference", "judge": str(self.cfg.judge), "judge_positions": self.cfg.judge_positions,
+              "num_samples": self.cfg.num_samples}
+        return {k: _pair(v) for k, v in self.stage("references", "heldout_reference.json", fp, compute).items()}
 
 
-SAMPLE_METRICS = ("path_kl", "js2", "js3", "pos_js", "judge_pll")
+# --------------------------------------------------------------------------------------------------
+# the pipeline
+# --------------------------------------------------------------------------------------------------
 
-
-def run_eval(cfg: EvalConfig, out_dir: str | Path, *, log: Callable[[str], None] | None = None,
-             progress: bool = False) -> dict[str, Any]:
-    """Run the whole evaluation and write ``results.json``, ``results.csv``, plots and ``report.md`` to ``out_dir``.
-
-    Returns the results dictionary (also in ``results.json``). Finished parts found in ``out_dir/cache``
-    with the same settings are reused.
-    """
+def _check_config(cfg: EvalConfig) -> None:
     if not isinstance(cfg, EvalConfig):
-        raise TypeError("cfg must be an EvalConfig")
-    if not cfg.budgets or any((not isinstance(t, int)) or t < 1 for t in cfg.budgets):
+        raise TypeError(f"cfg must be an EvalConfig, got {type(cfg).__name__}")
+    if not isinstance(cfg.model, str) or (cfg.judge is not None and not isinstance(cfg.judge, str)):
+        raise TypeError("EvalConfig.model and .judge must be model names or paths (str); judge may be None")
+    if not cfg.budgets or any(isinstance(t, bool) or not isinstance(t, int) or t < 1 for t in cfg.budgets):
         raise ValueError(f"budgets must be positive ints, got {cfg.budgets!r}")
     bad = [s for s in cfg.schedules if s not in _schedules.BUILDERS]
     if bad:
         raise ValueError(f"unknown schedules {bad}; choose from {', '.join(_schedules.BUILDERS)}")
-    bad_orders = [o for o in cfg.orders if o not in ("random", "confidence", "margin", "entropy")]
-    if bad_orders or "random" not in cfg.orders:
+    if any(o not in ORDERS for o in cfg.orders) or "random" not in cfg.orders:
         raise ValueError(f"orders must include 'random' and may add confidence/margin/entropy, got {cfg.orders!r}")
-    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    t_start = time.time()
-    run = _Run(cfg, out, log, progress)
-    n = run.n
-    if max(cfg.budgets) > n:
-        raise ValueError(f"budget T={max(cfg.budgets)} exceeds the generation length N={n}")
+    for name in ("num_samples", "n_orders", "profile_levels", "profile_tokens_per_level", "batch_size"):
+        check_int(getattr(cfg, name), f"EvalConfig.{name}", minimum=1)
+    for name in ("max_eval_sequences", "path_kl_levels", "judge_positions", "reference_budget"):
+        check_optional_int(getattr(cfg, name), f"EvalConfig.{name}", minimum=1, hint=" or None")
+    check_optional_int(cfg.n_tokens, "EvalConfig.n_tokens", minimum=2, hint=" or None (the most common length)")
+    check_int(cfg.seed, "EvalConfig.seed", minimum=0)
+    check_float(cfg.sensitivity_z, "EvalConfig.sensitivity_z", minimum=0.0, min_inclusive=False)
+    if cfg.infill is not None:
+        _check_infill_config(cfg)
 
-    prof = run.profile()
-    curve = prof.curve(n)
-    scheds = run.build_schedules(curve)
-    atomic_write_json(out / "schedules.json", {f"{k[0]}@T={k[1]}": s.to_dict() for k, s in scheds.items()})
 
-    rows = run.heldout(scheds)
-    # sample-side metrics
+def _check_infill_config(cfg: EvalConfig) -> None:
+    from .decoders import get_decoder
+    from .tasks import parse_task
+
+    parse_task(cfg.infill or "")
+    if not cfg.infill_decoders or BASELINE_DECODER not in cfg.infill_decoders:
+        raise ValueError(f"infill_decoders must include {BASELINE_DECODER!r} (the baseline), got {cfg.infill_decoders!r}")
+    for name in cfg.infill_decoders:
+        decoder = get_decoder(name)
+        if not getattr(cfg, decoder.grid):
+            raise ValueError(f"decoder {name!r} runs at EvalConfig.{decoder.grid}, which is empty")
+    if not cfg.infill_orders or any(o not in ORDERS for o in cfg.infill_orders):
+        raise ValueError(f"infill_orders must be among {', '.join(ORDERS)}, got {cfg.infill_orders!r}")
+    if any(isinstance(t, bool) or not isinstance(t, int) or t < 1 for t in cfg.infill_budgets):
+        raise ValueError(f"infill_budgets must be positive ints, got {cfg.infill_budgets!r}")
+    for name in ("thresholds", "entropy_bounds", "factors"):
+        for v in getattr(cfg, name):
+            check_float(v, f"EvalConfig.{name}", minimum=0.0)
+    check_int(cfg.infill_samples, "EvalConfig.infill_samples", minimum=1)
+    check_optional_int(cfg.infill_sequences, "EvalConfig.infill_sequences", minimum=1, hint=" or None")
+
+
+def _build_schedules(cfg: EvalConfig, n: int, curve: np.ndarray) -> Schedules:
+    return {(name, t): _schedules.build(name, n, t, curve) for t in cfg.budgets for name in cfg.schedules}
+
+
+def _sample_rows(run: _Run, scheds: Schedules, curve: np.ndarray) -> list[ResultRow]:
+    """Sample-side rows for every (order, budget, schedule); non-random orders use ``confidence_budgets``."""
+    cfg, rows = run.cfg, []
     for order in cfg.orders:
         budgets = cfg.budgets if order == "random" or cfg.confidence_budgets is None else cfg.confidence_budgets
         for t in budgets:
             for name in cfg.schedules:
-                sched = scheds.get((name, t)) or _schedules.build(name, n, t, curve)
-                res = run.sample_config(order, name, sched)
+                sched = scheds.get((name, t)) or _schedules.build(name, run.n, t, curve)
+                res = run.samples(order, name, sched)
                 for metric in SAMPLE_METRICS:
                     if metric in res and np.isfinite(res[metric][0]):
-                        rows.append(_row(metric, order, name, t, *res[metric]))
-    one = run.sample_config("random", "one_call", _schedules.constant(n, 1))
-    full = run.sample_config("random", "n_step", _schedules.constant(n, n))
-    held = run.heldout_references()
+                        rows.append(ResultRow(metric, order, name, t, *_pair(res[metric]), calls=float(res["nfe"])))
+    return rows
 
-    results: dict[str, Any] = {"config": cfg.to_dict(), "n_tokens": n, "rows": rows,
-                               "data_description": f"{cfg.data} (profile: {cfg.profile_split}, eval: {cfg.eval_split})",
-                               "n_profile_sequences": int(run.prof_x.shape[0]),
-                               "n_eval_sequences": int(run.eval_x.shape[0]),
-                               "sensitivity_z": cfg.sensitivity_z}
-    # profile summary
-    results["profile"] = {"ce0": float(curve[0]), "ceN": float(curve[-1]),
-                          "bound_N": float(_schedules.nll_bound(curve, _schedules.constant(n, n))),
-                          "predicted_gain": {int(t): float(_schedules.predicted_gain(curve, t)) for t in cfg.budgets}}
-    # sensitivity and references
-    sens, refs = {}, {}
+
+def _checks(run: _Run) -> tuple[list[SensitivityCheck], list[ReferenceValues]]:
+    """The sensitivity check of each sample-side metric (1 call vs N calls) and every reference level."""
+    one = run.samples("random", "one_call", _schedules.constant(run.n, 1))
+    full = run.samples("random", "n_step", _schedules.constant(run.n, run.n))
+    held = run.heldout_references()
+    sens, refs = [], []
     for metric in SAMPLE_METRICS:
         if metric not in one or metric not in full or not np.isfinite(one[metric][0]):
             continue
-        (v1, s1), (vn, sn) = one[metric], full[metric]
-        se = math.hypot(s1, sn)
-        z = abs(v1 - vn) / se if se > 0 else float("inf")
-        sens[metric] = {"one_call": v1, "one_call_se": s1, "n_step": vn, "n_step_se": sn, "z": z,
-                        "sensitive": bool(z > cfg.sensitivity_z)}
-        refs[metric] = {"n_step": (vn, sn), "one_call": (v1, s1)}
-        if metric in held:
-            refs[metric]["heldout"] = held[metric]
-    results["sensitivity"], results["references"] = sens, refs
-    # calls saved
+        e1, en = Estimate(*_pair(one[metric])), Estimate(*_pair(full[metric]))
+        se = math.hypot(e1.se, en.se)
+        z = abs(e1.value - en.value) / se if se > 0 else float("inf")
+        sens.append(SensitivityCheck(metric, e1, en, z, bool(z > run.cfg.sensitivity_z)))
+        refs.append(ReferenceValues(metric, n_step=en, one_call=e1,
+                                    heldout=Estimate(*held[metric]) if metric in held else None))
+    return sens, refs
+
+
+def _infill(run: _Run, results: EvalResults, curve: np.ndarray) -> None:
+    """The infilling stage (:mod:`mdm_sched.infill_eval`): its rows, checks and task summary join the results."""
+    from .infill_eval import load_task, run_infill
+
+    task = load_task(run.cfg, run.model)
+    run.log(f"[harness] infilling {task.name}: {len(task)} examples, {task.description}")
+    outcome = run_infill(run, task, curve)
+    results.rows += outcome.rows
+    results.sensitivity += outcome.sensitivity
+    results.infill = outcome.summary
+
+
+def _profile_summary(cfg: EvalConfig, n: int, curve: np.ndarray) -> ProfileSummary:
+    return ProfileSummary(ce_first=float(curve[0]), ce_last=float(curve[-1]),
+                          bound_n_step=float(_schedules.nll_bound(curve, _schedules.constant(n, n))),
+                          predicted_gain={int(t): float(_schedules.predicted_gain(curve, t)) for t in cfg.budgets})
+
+
+def _conclude(results: EvalResults, log: Callable[[str], None]) -> None:
+    """Calls saved, findings, notes and caveats (:mod:`mdm_sched.report`); the theory table if asked for."""
+    cfg = results.config
     t_ref = cfg.reference_budget or sorted(cfg.budgets)[len(cfg.budgets) // 2]
-    results["calls_saved"] = (_calls_saved(rows, cfg, t_ref, results["sensitivity"])
-                              if "constant" in cfg.schedules else [])
-    results["findings"] = _findings(rows, cfg, results)
-    results["confidence_notes"] = _confidence_notes(rows, cfg, results)
-    results["caveats"] = ["Antibody language models saw near-germline sequences in training: the germline "
-                          "evaluation split is real but not strictly held out for them."] if "germline" in cfg.data else []
+    results.calls_saved = report.calls_saved(results, t_ref) if report.BASELINE in cfg.schedules else []
+    if results.infill is not None:
+        results.calls_saved += report.infill_calls_saved(results)
+    results.findings = report.findings(results) + report.infill_findings(results)
+    results.confidence_notes = report.confidence_notes(results)
+    results.caveats = report.data_caveats(cfg)
     if cfg.theory:
+        from .theory import oracle_theory
+
         t0 = time.time()
-        table, trows = oracle_theory(quick=True)
-        results["theory"] = table
-        results["theory_rows"] = trows
+        results.theory, results.theory_rows = oracle_theory(quick=True)
         log(f"[harness] theory: {time.time() - t0:.0f} s")
-    results["forward_rows"] = run.forward_rows
-    results["wall_time_s"] = time.time() - t_start
-    _write_outputs(results, out, prof, curve, scheds, cfg)
-    return results
 
 
-def _calls_saved(rows: list[dict[str, Any]], cfg: EvalConfig, t_ref: int,
-                 sensitivity: dict[str, Any]) -> list[dict[str, Any]]:
-    """Calls each schedule needs to match constant's quality at ``t_ref``, on monotone fits of each curve.
-
-    Metrics that failed the sensitivity check are left out: they cannot rank schedules at all.
-    """
-    out = []
-    for metric, (_label, lower, _) in report.METRICS.items():
-        if metric in sensitivity and not sensitivity[metric]["sensitive"]:
-            continue
-        sel = [r for r in rows if r["metric"] == metric and r["order"] == "random"]
-        const = sorted((r["T"], r["value"]) for r in sel if r["schedule"] == "constant")
-        if t_ref not in [c[0] for c in const]:
-            continue
-        fitted = report.monotone_in_calls([c[1] for c in const], lower)
-        target = float(fitted[[c[0] for c in const].index(t_ref)])
-        for name in cfg.schedules:
-            pts = sorted((r["T"], r["value"]) for r in sel if r["schedule"] == name)
-            if not pts:
-                continue
-            t_star = report.calls_to_match([p[0] for p in pts], [p[1] for p in pts], target, lower)
-            if t_star == float("-inf"):
-                calls, saved = f"<= {pts[0][0]}", f">= {t_ref - pts[0][0]} ({(t_ref - pts[0][0]) / t_ref:.0%})"
-            elif t_star == float("inf"):
-                calls, saved = f"> {pts[-1][0]}", "none (never matches)"
-            elif math.isnan(t_star):
-                calls, saved = "–", "–"
-            else:
-                calls, saved = f"{t_star:.1f}", f"{t_ref - t_star:+.1f} ({(t_ref - t_star) / t_ref:+.0%})"
-            out.append({"metric": metric, "schedule": name, "reference_T": t_ref, "constant_value": target,
-                        "calls_to_match": t_star, "calls_text": calls, "saved_text": saved})
-    return out
-
-
-def _tally(rows: list[dict[str, Any]], order: str, metric: str, cand: str = "optimal",
-           base: str = "constant") -> dict[str, list[int]]:
-    lower = report.METRICS[metric][1]
-    tally: dict[str, list[int]] = {"win": [], "tie": [], "lose": []}
-    cell = {(r["schedule"], r["T"]): r for r in rows if r["order"] == order and r["metric"] == metric}
-    for (s, t), r in sorted(cell.items(), key=lambda kv: kv[0][1]):
-        if s != cand or (base, t) not in cell:
-            continue
-        d, se = report._diff(r, cell[(base, t)])
-        v = report.verdict(d, se, lower)
-        if v in tally:
-            tally[v].append(t)
-    return tally
-
-
-def _tally_text(rows: list[dict[str, Any]], order: str, metric: str) -> str:
-    """'wins at T=5, 10; ties at none; loses at none' for optimal against constant."""
-    t = _tally(rows, order, metric)
-    part = lambda ts: ", ".join(map(str, ts)) if ts else "none"
-    return f"wins at T={part(t['win'])}; ties at T={part(t['tie'])}; loses at T={part(t['lose'])}"
-
-
-def _insensitive(metric: str, results: dict[str, Any]) -> bool:
-    return metric in results["sensitivity"] and not results["sensitivity"][metric]["sensitive"]
-
-
-def _findings(rows: list[dict[str, Any]], cfg: EvalConfig, results: dict[str, Any]) -> list[str]:
-    if "optimal" not in cfg.schedules or "constant" not in cfg.schedules:
-        return []
-    out = []
-    gains = results["profile"]["predicted_gain"]
-    out.append("Predicted gain of the optimum on the fitted profile: "
-               + ", ".join(f"{g:.2f}x at T={t}" for t, g in gains.items())
-               + (" (close to 1: the profile is nearly linear, little to gain)." if max(gains.values()) < 1.15 else "."))
-    for metric in report.METRICS:
-        if not any(r["metric"] == metric and r["order"] == "random" for r in rows):
-            continue
-        if _insensitive(metric, results):
-            out.append(f"{report.METRICS[metric][0]}: cannot judge schedules (does not separate 1 call from N calls).")
-            continue
-        out.append(f"{report.METRICS[metric][0]}: optimal vs constant {_tally_text(rows, 'random', metric)}.")
-    return out
-
-
-def _confidence_notes(rows: list[dict[str, Any]], cfg: EvalConfig, results: dict[str, Any]) -> list[str]:
-    notes = []
-    for order in cfg.orders:
-        if order == "random":
-            continue
-        for metric in report.METRICS:
-            if not any(r["metric"] == metric and r["order"] == order for r in rows):
-                continue
-            label = report.METRICS[metric][0]
-            if _insensitive(metric, results):
-                notes.append(f"order={order}, {label}: cannot judge schedules (insensitive under random order).")
-                continue
-            notes.append(f"order={order}, {label}: optimal (chosen for random order) vs constant "
-                         f"{_tally_text(rows, order, metric)}.")
-    return notes
-
-
-def _write_outputs(results: dict[str, Any], out: Path, prof: Any, curve: np.ndarray,
-                   scheds: dict[tuple[str, int], _schedules.Schedule], cfg: EvalConfig) -> None:
-    atomic_write_json(out / "results.json", results)
-    report.write_csv(results["rows"], out / "results.csv")
+def _write_outputs(results: EvalResults, out: Path, prof: InformationProfile, curve: np.ndarray, scheds: Schedules) -> None:
+    """Profile plots (a failure becomes a caveat, never a lost run), then the report's files."""
     try:
         prof.plot(out / "profile.png")
     except Exception as exc:  # a plotting failure must not lose the numbers
-        results.setdefault("caveats", []).append(f"profile plot failed: {exc}")
-    for t in cfg.budgets:
-        report.plot_profile_blocks(curve, {name: scheds[(name, t)].cumulative for name in cfg.schedules},
+        results.caveats.append(f"profile plot failed: {exc}")
+    for t in results.config.budgets:
+        report.plot_profile_blocks(curve, {name: scheds[(name, t)].cumulative for name in results.config.schedules},
                                    out / f"profile_blocks_T{t}.png", title=f"fitted CE profile, block starts at T={t}")
-    for order in cfg.orders:
-        for metric in report.METRICS:
-            refs = {}
-            ref = results["references"].get(metric, {})
-            if order == "random":
-                for k, label in (("n_step", "N-step sampler"), ("heldout", "held-out data")):
-                    if k in ref:
-                        refs[label] = tuple(ref[k])
-            report.plot_metric(results["rows"], metric, out / f"plot_{metric}_{order}.png", order=order, references=refs)
-    atomic_write_text(out / "report.md", report.render_markdown(results))
-    atomic_write_text(out / "summary.md", report.summary_table(results) + "\n")
+    report.write_report_files(results, out)
 
 
-# --------------------------------------------------------------------------------------------------
-# theory reproduction on exact oracles (THEORY.md sections 3 and 4)
-# --------------------------------------------------------------------------------------------------
+def run_eval(cfg: EvalConfig, out_dir: PathLike, *, log: Callable[[str], None] | None = None,
+             progress: bool = False) -> EvalResults:
+    """Run the whole evaluation; write ``profile.json``, ``schedules.json``, the results, plots and ``report.md``.
 
-def _chain_entropy(chain: Any) -> float:
-    """Exact H of a homogeneous Markov chain: H(x_1) + sum_t E H(trans[x_t])."""
-    p = chain.initial.double()
-    trans = chain.transition.double()
-    row_h = -(trans * trans.clamp_min(1e-300).log()).sum(1)
-    h = float(-(p * p.clamp_min(1e-300).log()).sum())
-    for _ in range(chain.n_tokens - 1):
-        h += float((p * row_h).sum())
-        p = p @ trans
-    return h
-
-
-def oracle_theory(quick: bool = True, seed: int = 0) -> tuple[str, list[dict[str, Any]]]:
-    """Predicted against measured gains, and the bound against exact KL, on exact oracles.
-
-    * Tabular oracles (small N, everything exact): per schedule the exact factorization error, the
-      bound's excess ``E_order KL = sum_t k_t CE(K_{t-1}) - H`` and the exact ``KL(pi || q)``; the predicted
-      gain ``J(constant)/J(optimal)`` on the exact entropy profile and the realised gain in exact KL.
-    * Markov chains (long N, non-linear profiles): the profile estimated by Monte Carlo, the optimal schedule
-      built on that estimate; predicted gain (on the estimate) against the measured gain in order-averaged KL
-      ``N * bound - H`` (held-out block estimator on fresh samples, exact H), with SEs.
-
-    Returns (Markdown table, rows).
+    Returns the results (also in ``OUT/results.json``). Finished parts found in ``OUT/cache`` with the same
+    settings are reused. ``log`` receives one line per stage (default: standard error).
     """
-    rows: list[dict[str, Any]] = []
-    from .oracle import MarkovChainOracle, TabularOracle
-
-    # -- tabular ---------------------------------------------------------------------------------------
-    tabs = [("tabular V=3 N=6 Dirichlet(0.2)", TabularOracle.random(3, 6, concentration=0.2, seed=seed)),
-            ("chain V=3 N=7 sticky (tabulated)", MarkovChainOracle.random(3, 7, stickiness=0.7, seed=seed).to_tabular())]
-    for label, tab in tabs:
-        g = tab.entropy_profile()
-        for t in (2, 3):
-            e = {}
-            for name in ("constant", "optimal"):
-                sched = _schedules.build(name, tab.n_tokens, t, np.minimum.accumulate(g))
-                e[name] = metrics.oracle_exact(tab, sched)
-            pred = _schedules.predicted_gain(np.minimum.accumulate(g), t)
-            for name, v in e.items():
-                rows.append({"oracle": label, "N": tab.n_tokens, "T": t, "schedule": name,
-                             "fact_error": v["fact_error"], "order_kl": v["order_kl"], "exact_kl": v["kl"],
-                             "predicted_gain": pred,
-                             "measured_gain": e["constant"]["fact_error"] / max(e["optimal"]["fact_error"], 1e-300),
-                             "kl_gain": e["constant"]["kl"] / max(e["optimal"]["kl"], 1e-300), "gain_se": 0.0})
-    # -- Markov chains, long ---------------------------------------------------------------------------
-    n = 48 if quick else 128
-    n_prof = 300 if quick else 2000
-    n_eval = 400 if quick else 3000
-    chains = [("chain V=4 sticky 0.9 (saturating)", MarkovChainOracle.random(4, n, stickiness=0.9, seed=seed)),
-              ("chain V=6 sticky 0.6", MarkovChainOracle.random(6, n, stickiness=0.6, seed=seed + 1))]
-    from .profile import isotonic_nonincreasing
-
-    for label, chain in chains:
-        g_gen = torch.Generator().manual_seed(seed)
-        levels = np.unique(np.round(np.linspace(0, n - 1, 24)).astype(int))
-        lv, mean, se = chain.entropy_profile(levels=levels, n_samples=n_prof, generator=g_gen)
-        fit = isotonic_nonincreasing(mean, 1.0 / np.maximum(se, 1e-6) ** 2)
-        curve = np.minimum.accumulate(np.interp(np.arange(n), lv, fit))
-        h = _chain_entropy(chain)
-        x = chain.sample(n_eval, generator=g_gen)
-        for t in (4, 8) if quick else (4, 8, 16):
-            sc = {name: _schedules.build(name, n, t, curve) for name in ("constant", "optimal")}
-            res = metrics.heldout_likelihood(chain, x, sc, n_orders=1, generator=g_gen, batch_size=4096)
-            okl = {k: -v[:, 0] for k, v in res.logq.items()}  # per-sequence -log q_sigma(x)
-            mc, sc_ = metrics.mean_se(okl["constant"])
-            mo, so = metrics.mean_se(okl["optimal"])
-            kc, ko = mc - h, mo - h  # E_order KL per sequence
-            gain = kc / ko if ko > 0 else float("inf")
-            # delta method for the ratio (SEs of the two estimates, correlation ignored: conservative)
-            gse = abs(gain) * math.hypot(sc_ / max(kc, 1e-12), so / max(ko, 1e-12))
-            pred = _schedules.predicted_gain(curve, t)
-            for name, kl_v, se_v in (("constant", kc, sc_), ("optimal", ko, so)):
-                rows.append({"oracle": label, "N": n, "T": t, "schedule": name,
-                             "fact_error": _schedules.cost(curve, sc[name]), "order_kl": kl_v, "order_kl_se": se_v,
-                             "exact_kl": float("nan"), "predicted_gain": pred, "measured_gain": gain, "gain_se": gse,
-                             "kl_gain": float("nan")})
-    header = ["oracle", "N", "T", "schedule", "E_fact (predicted)", "E_order KL = bound - H", "exact KL(pi||q)",
-              "predicted gain", "measured gain"]
-    body = []
-    for r in rows:
-        okl = f"{r['order_kl']:.4g}" + (f" ± {r['order_kl_se']:.2g}" if "order_kl_se" in r else "")
-        meas = f"{r['measured_gain']:.2f}" + (f" ± {r['gain_se']:.2f}" if r.get("gain_se") else "")
-        if np.isfinite(r.get("kl_gain", float("nan"))):
-            meas += f" (exact-KL gain {r['kl_gain']:.2f})"
-        body.append([r["oracle"], r["N"], r["T"], r["schedule"], f"{r['fact_error']:.4g}", okl,
-                     f"{r['exact_kl']:.4g}" if np.isfinite(r["exact_kl"]) else "–", f"{r['predicted_gain']:.2f}", meas])
-    text = ("Tabular rows are exact (perfect model: the bound's excess equals the factorization error, and "
-            "exact KL(pi||q) <= bound - H). Chain rows: profile estimated by Monte Carlo, schedules built on the "
-            "estimate, gain measured with the held-out block estimator on fresh samples (nats per sequence).\n\n"
-            + report.markdown_table(header, body))
-    return text, rows
-
-
-# --------------------------------------------------------------------------------------------------
-# command line
-# --------------------------------------------------------------------------------------------------
-
-def _int_tuple(text: str) -> tuple[int, ...]:
-    try:
-        vals = tuple(int(v) for v in text.replace(",", " ").split())
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
-    if not vals or min(vals) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return vals
-
-
-def _str_tuple(text: str) -> tuple[str, ...]:
-    return tuple(v for v in text.replace(",", " ").split() if v)
-
-
-def _add_common(parser: argparse.ArgumentParser, base: EvalConfig) -> None:
-    parser.add_argument("--out", default=None, help="output folder (report, plots, numbers, caches for resuming)")
-    parser.add_argument("--budgets", type=_int_tuple, default=None, help=f"model-call budgets T (default {base.budgets})")
-    parser.add_argument("--schedules", type=_str_tuple, default=None, help=f"schedules (default {','.join(base.schedules)})")
-    parser.add_argument("--orders", type=_str_tuple, default=None, help="orders (default random,confidence)")
-    parser.add_argument("--num-samples", type=int, default=None, help="samples per (schedule, T, order)")
-    parser.add_argument("--n-orders", type=int, default=None, help="random orders per held-out sequence (M)")
-    parser.add_argument("--max-eval-sequences", type=int, default=None)
-    parser.add_argument("--n-tokens", type=int, default=None, help="generation length N (default: median length)")
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy machine)")
-    parser.add_argument("--no-theory", action="store_true", help="skip the exact-oracle theory table")
-
-
-def _config_from(args: argparse.Namespace, base: EvalConfig) -> EvalConfig:
-    upd: dict[str, Any] = {}
-    for field, attr in (("budgets", "budgets"), ("schedules", "schedules"), ("orders", "orders"),
-                        ("num_samples", "num_samples"), ("n_orders", "n_orders"),
-                        ("max_eval_sequences", "max_eval_sequences"), ("n_tokens", "n_tokens"), ("seed", "seed"),
-                        ("threads", "threads"), ("model", "model"), ("judge", "judge"), ("data", "data")):
-        v = getattr(args, attr, None)
-        if v is not None:
-            upd[field] = v
-    if getattr(args, "no_theory", False):
-        upd["theory"] = False
-    if getattr(args, "no_judge", False):
-        upd["judge"] = None
-    cfg = dataclasses.replace(base, **upd)
-    if cfg.confidence_budgets is not None and "budgets" in upd:
-        cfg = dataclasses.replace(cfg, confidence_budgets=tuple(t for t in cfg.confidence_budgets if t in cfg.budgets)
-                                  or (cfg.budgets[len(cfg.budgets) // 2],))
-    return cfg
-
-
-def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``mdm-sched eval``."""
-    parser.add_argument("--model", default=None, help="model to evaluate (built-in name, directory or hub id)")
-    parser.add_argument("--judge", default=None, help="a different model scoring the samples (pseudo-log-likelihood)")
-    parser.add_argument("--no-judge", action="store_true")
-    parser.add_argument("--data", default=None, help="data spec with train/test splits, e.g. antibody-germlines:human:H")
-    _add_common(parser, EvalConfig())
-
-
-def eval_command(args: argparse.Namespace) -> int:
-    """``mdm-sched eval``: run the harness with the given settings; prints the summary table."""
-    cfg = _config_from(args, dataclasses.replace(EvalConfig(), theory=False))
-    return _run_and_print(cfg, args.out or "mdm_sched_eval")
-
-
-def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``mdm-sched demo``."""
-    parser.add_argument("--quick", action="store_true", help="Sapiens VH, smaller sizes (about 2 minutes)")
-    _add_common(parser, DEMO_FULL)
-
-
-def demo_command(args: argparse.Namespace) -> int:
-    """``mdm-sched demo``: AntiBERTy (``--quick``: Sapiens) on human VH germlines, end to end."""
-    base = DEMO_QUICK if args.quick else DEMO_FULL
-    cfg = _config_from(args, base)
-    return _run_and_print(cfg, args.out or ("mdm_sched_demo_quick" if args.quick else "mdm_sched_demo"))
-
-
-def _run_and_print(cfg: EvalConfig, out: str) -> int:
-    t0 = time.time()
-    try:
-        results = run_eval(cfg, out, progress=False)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(report.summary_table(results))
-    print()
-    for f in results.get("findings", []):
-        print(f"- {f}")
-    print(f"\nreport: {Path(out) / 'report.md'}  (wall time {time.time() - t0:.0f} s)")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m mdm_sched.harness [demo|eval] ...``"""
-    parser = argparse.ArgumentParser(prog="python -m mdm_sched.harness")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    add_demo_arguments(sub.add_parser("demo"))
-    add_eval_arguments(sub.add_parser("eval"))
-    args = parser.parse_args(argv)
-    return demo_command(args) if args.cmd == "demo" else eval_command(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    _check_config(cfg)
+    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    run = _Run(cfg, out, log, progress)
+    if max(cfg.budgets) > run.n:
+        raise ValueError(f"budget T={max(cfg.budgets)} exceeds the generation length N={run.n}; lower the budgets")
+    prof = run.profile()
+    prof.save(out / "profile.json")
+    curve = prof.curve(run.n)
+    scheds = _build_schedules(cfg, run.n, curve)
+    atomic_write_json(out / "schedules.json", {f"{k[0]}@T={k[1]}": s.to_dict() for k, s in scheds.items()})
+    results = EvalResults(config=cfg, n_tokens=run.n, profile_data=run.profile_data, eval_data=run.eval_data,
+                          data_description=f"{cfg.data} (profile: {cfg.profile_split}, eval: {cfg.eval_split})",
+                          rows=run.heldout_rows(scheds) + _sample_rows(run, scheds, curve),
+                          profile=_profile_summary(cfg, run.n, curve))
+    results.sensitivity, results.references = _checks(run)
+    if cfg.infill is not None:
+        _infill(run, results, curve)
+    _conclude(results, log)
+    results.forward_rows = run.forward_rows
+    results.wall_time_s = time.time() - t_start
+    _write_outputs(results, out, prof, curve, scheds)
+    return results

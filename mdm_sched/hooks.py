@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import torch
 
 from .canvas import Canvas
+from .logit_rows import LogitRows
 
 __all__ = ["StepState", "Hooks", "Streamer"]
 
@@ -77,11 +78,13 @@ class Hooks:
                 raise ValueError(f"streamer= streams one sequence but the batch has {batch} rows: generate one "
                                  "prompt with num_samples=1, or drop streamer=")
 
-    def process(self, logits: torch.Tensor, canvas: Canvas, positions: torch.Tensor,
-                never: torch.Tensor) -> torch.Tensor:
+    def process(self, logits: torch.Tensor | LogitRows, canvas: Canvas, positions: torch.Tensor,
+                never: torch.Tensor) -> torch.Tensor | LogitRows:
         """Apply the logits processor to ``[P, V]`` logits at ``positions`` (row-major)."""
         if self.logits_processor is None:
             return logits
+        if isinstance(logits, LogitRows):
+            logits = logits.materialize()  # the processor sees a plain float32 tensor
         rows, cols = positions.nonzero(as_tuple=True)
         kwargs: dict[str, torch.Tensor] = {}
         for name, value in (("positions", cols), ("rows", rows)):

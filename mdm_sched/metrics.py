@@ -1,4 +1,4 @@
-"""How good is a schedule? Estimators with error bars, and exact values on oracles (THEORY.md sections 3 and 6).
+"""How good is a schedule? Estimators with error bars, and exact values on oracles (docs/theory.md §3 and §6).
 
 Model-based (need forward passes; every function batches rows and calls the model once per chunk):
 
@@ -10,6 +10,11 @@ Model-based (need forward passes; every function batches rows and calls the mode
 * :func:`path_kl` -- ``KL(q_T || p_N)`` on (order, sequence) pairs from samples of the T-step sampler
   (section 6.3), Rao-Blackwellised over the order inside each block and optionally subsampled over levels.
 * :func:`pseudo_log_likelihood` -- a judge model's pseudo-log-likelihood of samples.
+* :func:`conditional_likelihood` -- infilling (:mod:`mdm_sched.tasks`): ``log q_sigma(x_target | x_given)`` of the
+  T-step random-order sampler for ``M`` random orders of each example's targets, every schedule at once
+  (the conditional NLL of the truth: its bound and ``M``-order estimate, :func:`summarize_heldout`).
+
+Infilling accuracy: :func:`infill_accuracy` (per-example recovery and whole-region exact match).
 
 Model-free: :func:`kmer_js` (Jensen-Shannon divergence of k-mer spectra) and :func:`position_js`
 (per-position residue frequencies), both with bootstrap standard errors.
@@ -39,6 +44,8 @@ __all__ = [
     "heldout_likelihood",
     "summarize_heldout",
     "HeldoutResult",
+    "conditional_likelihood",
+    "infill_accuracy",
     "path_kl",
     "PathKLResult",
     "pseudo_log_likelihood",
@@ -136,13 +143,15 @@ class HeldoutResult:
 
     Attributes:
         logq: ``{schedule name: float64 [B, M]}``, nats per sequence (sum over its N tokens).
-        n_tokens: N.
+        n_tokens: N (for infilling: the largest number of targets in a row, the schedules' length).
         n_forward_rows: model rows evaluated (cost).
+        tokens_per_row: ``[B]`` tokens scored per sequence when they differ (infilling); ``None``: all ``n_tokens``.
     """
 
     logq: dict[str, torch.Tensor]
     n_tokens: int
     n_forward_rows: int
+    tokens_per_row: torch.Tensor | None = None
 
 
 def _schedule_dict(schedules: Any, n_tokens: int) -> dict[str, Schedule]:
@@ -179,7 +188,7 @@ def heldout_likelihood(model: Any, sequences: Any, schedules: Any, *, n_orders: 
     For each sequence ``x`` and order ``sigma`` (shared by all schedules), schedule ``k`` gives
     ``log q_sigma(x) = sum_t sum_{j in S_t} log p(x_j | x_{A_{t-1}})`` with ``S_t`` the ranks
     ``K_{t-1}..K_t - 1`` of ``sigma``. One forward per distinct block start ``K`` (the union over schedules)
-    per (sequence, order): ``-mean log q / N`` is the held-out bound ``NLL_T`` of THEORY.md section 3 and
+    per (sequence, order): ``-mean log q / N`` is the held-out bound ``NLL_T`` of docs/theory.md §3 and
     ``-log mean_m q_{sigma_m}(x) / N`` tightens it toward the sampler's true held-out NLL (:func:`summarize_heldout`).
 
     Args:
@@ -221,8 +230,8 @@ def summarize_heldout(result: HeldoutResult, baseline: str | None = None) -> dic
     """Per schedule: ``bound`` (= mean over orders and sequences of ``-log q_sigma / N``) and ``bound_se``;
     ``nll_M`` (``-log mean_m q_{sigma_m}(x) / N``) and ``nll_M_se``; with ``baseline``, the paired
     differences ``bound_diff`` / ``nll_M_diff`` (schedule minus baseline) and their SEs (same orders, same sequences).
-    SEs are over sequences."""
-    n = result.n_tokens
+    SEs are over sequences. Per-token values divide each sequence by its own number of scored tokens."""
+    n = result.n_tokens if result.tokens_per_row is None else result.tokens_per_row.double()
     out: dict[str, dict[str, float]] = {}
     per_seq = {name: (-lq.mean(1) / n, -logmeanexp(lq, 1) / n) for name, lq in result.logq.items()}
     if baseline is not None and baseline not in per_seq:
@@ -241,7 +250,100 @@ def summarize_heldout(result: HeldoutResult, baseline: str | None = None) -> dic
 
 
 # --------------------------------------------------------------------------------------------------
-# path KL from the T-step sampler to the N-step sampler (THEORY.md section 6.3)
+# infilling: accuracy against the truth, and the conditional likelihood of the truth
+# --------------------------------------------------------------------------------------------------
+
+def infill_accuracy(predicted: torch.Tensor, truth: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example recovery (fraction of target positions equal to the truth) and exact match (all of them), float64 ``[B]``.
+
+    ``predicted``/``truth``: ``[B, L]`` token ids; ``target``: ``[B, L]`` bool, the infilled positions (each row >= 1).
+    """
+    p, t = torch.as_tensor(predicted).cpu(), torch.as_tensor(truth).cpu()
+    tgt = torch.as_tensor(target).bool().cpu()
+    if p.shape != t.shape or tgt.shape != t.shape:
+        raise ValueError(f"predicted {tuple(p.shape)}, truth {tuple(t.shape)} and target {tuple(tgt.shape)} must have "
+                         "one shape [B, L]")
+    n = tgt.sum(1)
+    if bool((n == 0).any()):
+        raise ValueError("infill_accuracy: a row has no target position")
+    right = ((p == t) & tgt).sum(1)
+    return right.double() / n.double(), (right == n).double()
+
+
+def _row_starts(cumulative: Sequence[int], n_nominal: int, n_row: int) -> list[int]:
+    """Block starts of one row: ``floor(K_t n / N)`` (how :class:`~mdm_sched.rules.FixedSchedule` rescales per row)."""
+    return [k * n_row // n_nominal for k in cumulative]
+
+
+def _check_infill(tokens: Any, target: Any, attention_mask: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x = _check_ids(tokens, "tokens")
+    tgt = torch.as_tensor(target).bool().cpu()
+    attn = torch.ones_like(x, dtype=torch.bool) if attention_mask is None else torch.as_tensor(attention_mask).bool().cpu()
+    if tgt.shape != x.shape or attn.shape != x.shape:
+        raise ValueError(f"target {tuple(tgt.shape)} and attention_mask {tuple(attn.shape)} must have the shape of tokens "
+                         f"{tuple(x.shape)}")
+    if bool((tgt & ~attn).any()):
+        raise ValueError("target marks padded positions (attention_mask 0)")
+    if bool((tgt.sum(1) == 0).any()):
+        raise ValueError("a row has no target position: every example must infill something")
+    return x.cpu(), tgt, attn
+
+
+def conditional_likelihood(model: Any, tokens: Any, target: Any, schedules: Any, *, attention_mask: Any = None,
+                           n_orders: int = 1, generator: torch.Generator | None = None,
+                           batch_size: int = 64) -> HeldoutResult:
+    """``log q_sigma(x_target | x_given)`` of the T-step random-order infilling sampler, ``M`` orders per example.
+
+    Like :func:`heldout_likelihood` with the non-target positions always visible: an order ``sigma`` is a random
+    permutation of the example's ``n`` targets (shared by every schedule), and a schedule built for ``N`` = the
+    largest number of targets in a row reveals ``floor(K_t n / N) - floor(K_{t-1} n / N)`` of them at call ``t``
+    (as :func:`~mdm_sched.generate` does for rows with fewer masks). ``-mean log q / n`` is the conditional
+    bound, ``-log mean_m q_{sigma_m} / n`` its ``M``-order estimate (:func:`summarize_heldout`; per-token values
+    divide by each example's ``n``). One forward per distinct block start per (example, order).
+
+    Args:
+        model: a MaskedLM / wrappable model.
+        tokens: ``[B, L]`` true token ids (padding anywhere under ``attention_mask``).
+        target: ``[B, L]`` bool, the positions to infill.
+        schedules: Schedule(s) for ``N`` tokens, or ``{name: Schedule}``.
+        attention_mask: ``[B, L]`` (1 = real token) for rows of different lengths.
+    """
+    x, tgt, attn = _check_infill(tokens, target, attention_mask)
+    check_int(n_orders, "n_orders", minimum=1)
+    n_row = tgt.sum(1).tolist()
+    n_nom = max(n_row)
+    scheds = _schedule_dict(schedules, n_nom)
+    b, length = x.shape
+    ranks = torch.rand(n_orders, b, length, generator=generator).masked_fill(~tgt, 2.0).argsort(-1).argsort(-1)
+    starts = {name: [_row_starts(s.cumulative, n_nom, n) for n in n_row] for name, s in scheds.items()}
+    row_of: dict[tuple[int, int, int], int] = {}
+    for m in range(n_orders):
+        for i in range(b):
+            for k in sorted({k for st in starts.values() for k in st[i][:-1]}):
+                row_of[(m, i, k)] = len(row_of)
+    keys = torch.tensor(list(row_of), dtype=torch.long).view(-1, 3)
+    rm, ri, rk = keys.unbind(1)
+    revealed = tgt[ri] & (ranks[rm, ri] < rk.unsqueeze(1))
+    visible = (attn[ri] & ~tgt[ri]) | revealed
+    table = masked_logprobs(model, x[ri], visible, tgt[ri] & ~visible,
+                            attention_mask=attn[ri] if attention_mask is not None else None, batch_size=batch_size)
+    logq: dict[str, torch.Tensor] = {}
+    for name, per_row in starts.items():
+        out = torch.zeros(b, n_orders, dtype=torch.float64)
+        for i, st in enumerate(per_row):
+            pos = tgt[i].nonzero().squeeze(1)
+            bounds, first = torch.tensor(st[1:]), torch.tensor(st)
+            for m in range(n_orders):
+                level = first[torch.searchsorted(bounds, ranks[m, i, pos], right=True)]  # block start of each rank
+                rows = torch.tensor([row_of[(m, i, int(k))] for k in level.tolist()], dtype=torch.long)
+                out[i, m] = table[rows, pos].sum()
+        logq[name] = out
+    return HeldoutResult(logq=logq, n_tokens=n_nom, n_forward_rows=len(row_of),
+                         tokens_per_row=torch.tensor(n_row, dtype=torch.long))
+
+
+# --------------------------------------------------------------------------------------------------
+# path KL from the T-step sampler to the N-step sampler (docs/theory.md §6, item 3)
 # --------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -261,6 +363,25 @@ class PathKLResult:
     n_generated: int
     levels_used: int | None
     n_forward_rows: int
+
+
+def _path_kl_levels(sorted_rs: torch.Tensor, n_levels: int | None, generator: torch.Generator | None
+                    ) -> tuple[torch.Tensor, torch.Tensor, int | None]:
+    """Which (sample, level) pairs path KL evaluates, their weights, and the levels per sample (None = all).
+
+    Level ``i`` (0-based over all positions, given ones first) is non-trivial iff it is not the first of its block.
+    """
+    bsz, length = sorted_rs.shape
+    nontrivial = torch.zeros_like(sorted_rs, dtype=torch.bool)
+    nontrivial[:, 1:] = (sorted_rs[:, 1:] == sorted_rs[:, :-1]) & (sorted_rs[:, 1:] > 0)
+    if n_levels is None:
+        return nontrivial, torch.ones(bsz, dtype=torch.float64), None
+    check_int(n_levels, "n_levels", minimum=1, hint=" or None (all levels)")
+    n_nontrivial = nontrivial.sum(1)
+    keys = torch.rand(bsz, length, generator=generator).masked_fill(~nontrivial, 2.0)
+    take = torch.arange(length).unsqueeze(0) < torch.clamp(n_nontrivial, max=n_levels).unsqueeze(1)
+    chosen = torch.zeros_like(nontrivial).scatter_(1, keys.argsort(1), take)
+    return chosen, n_nontrivial.double() / chosen.sum(1).clamp(min=1).double(), n_levels
 
 
 def path_kl(model: Any, sequences: torch.Tensor, reveal_step: torch.Tensor, token_logprobs: torch.Tensor, *,
@@ -296,23 +417,7 @@ def path_kl(model: Any, sequences: torch.Tensor, reveal_step: torch.Tensor, toke
     if bool((n_gen == 0).any()):
         raise ValueError("path_kl: a row has no generated position (reveal_step all 0)")
     sorted_rs = rs.sort(1).values
-    # level i (0-based over all positions, given ones first) is non-trivial iff it is not the first of its block
-    nontrivial = torch.zeros_like(rs, dtype=torch.bool)
-    nontrivial[:, 1:] = (sorted_rs[:, 1:] == sorted_rs[:, :-1]) & (sorted_rs[:, 1:] > 0)
-    n_nontrivial = nontrivial.sum(1)
-    if n_levels is None:
-        chosen = nontrivial
-        weight = torch.ones(bsz, dtype=torch.float64)
-        used = None
-    else:
-        check_int(n_levels, "n_levels", minimum=1, hint=" or None (all levels)")
-        keys = torch.rand(bsz, length, generator=generator).masked_fill(~nontrivial, 2.0)
-        order = keys.argsort(1)
-        take = torch.arange(length).unsqueeze(0) < torch.clamp(n_nontrivial, max=n_levels).unsqueeze(1)
-        chosen = torch.zeros_like(nontrivial)
-        chosen.scatter_(1, order, take)
-        weight = n_nontrivial.double() / chosen.sum(1).clamp(min=1).double()
-        used = n_levels
+    chosen, weight, used = _path_kl_levels(sorted_rs, n_levels, generator)
     row_idx, lvl = chosen.nonzero(as_tuple=True)  # one model row per chosen (sample, level)
     per_sample = torch.zeros(bsz, dtype=torch.float64)
     n_rows = int(row_idx.numel())

@@ -3,37 +3,26 @@
 Every stage of the library (profile estimation, generation, evaluation) talks to a model through
 :meth:`MaskedLM.logits`, which takes *content* token ids (the mask id where a position is masked,
 left or right padding marked by an attention mask) and returns float32 logits aligned with those
-content positions. The family-specific plumbing lives here and nowhere else:
+content positions, never-sampled ids at ``-inf``.
 
-========  =====================================================================================
-family    what the adapter does
-========  =====================================================================================
-bert      HF masked LMs (BERT, RoBERTa, DistilBERT, ModernBERT, ESM, ...): adds the framing tokens
-          (CLS/BOS before, SEP/EOS after) and strips them again; re-lays rows out right-padded
-          internally, so absolute position embeddings (BERT's arange, RoBERTa's padding_idx
-          offsets) see every row exactly as it would be seen alone.
-llada     LLaDA-style masked diffusion LMs: ``model(input_ids, attention_mask).logits``, no framing.
-dream     Dream-style: the logits at position ``i`` predict token ``i + 1``, so the adapter shifts
-          them back by one (a row's first position uses its own logits, as Dream does).
-module    any ``nn.Module`` whose forward returns ``.logits`` (or a tensor), given a mask id.
-========  =====================================================================================
+The adapter is assembled from parts, each in its own module with one job; none branches on family
+names, they read the family's entry:
 
-For llada/dream/module models whose ``forward`` accepts ``position_ids``, left-padded rows get
-position ids that start at 0 on the first real token (what Dream's own generate does).
+- :mod:`mdm_sched.families`: what each family is (framing, logit shift, position ids, special-token
+  policy, default mask id, auto class, detection) and the registry; **add a family there**.
+- :mod:`mdm_sched.tokens`: :class:`~mdm_sched.tokens.TokenPolicy`, the mask/pad/EOS/framing ids and
+  the never-sampled mask (``MaskedLM.never_sampled``).
+- :mod:`mdm_sched.text`: :class:`~mdm_sched.text.TextCodec`, ``encode``/``decode`` (protein residue
+  separators declared by a model directory's ``mdm_sched.json``, see :mod:`mdm_sched.assets`).
+- :mod:`mdm_sched.layout`: :class:`~mdm_sched.layout.Layout`, content batch -> model inputs and back.
+- :mod:`mdm_sched.heads`: :class:`~mdm_sched.heads.PositionsHead`, the LM head applied only at the
+  requested positions, verified once against full logits, with a permanent fallback.
 
-Tokens that are never sampled (``suppressed_ids``) get ``-inf`` logits: the mask token always
-(models, and the oracles, give it a finite logit), padding, and for the bert family every special
-token (framing tokens, unk). A model directory with an ``mdm_sched.json`` (see
-:mod:`mdm_sched.assets`) can restrict sampling to ``allowed_tokens`` and declare a
-``residue_separator`` (AntiBERTy's tokenizer wants residues separated by spaces).
-
-Positions-only logits: when the model exposes its LM head (``model.cls``, ``model.lm_head`` or
-``get_output_embeddings()``), :meth:`MaskedLM.logits` with ``positions=`` runs the transformer body
-once, captures the hidden states that enter the head, and applies the head only at the requested
-positions: the ``[B, L, V]`` tensor, the memory peak for large vocabularies, is never built. The
-first such call also computes the full logits and checks that both agree; a head whose output is
-post-processed by the model in a way the adapter cannot see fails that check and the adapter falls
-back to full logits for good (with a warning), so the shortcut can never change results.
+:func:`wrap` caches adapters on the module: the same module with the same arguments gives the same
+:class:`MaskedLM`, so repeated ``generate(module, ...)`` calls neither re-hash the config nor
+re-verify the head. The cache lives in the module's ``__dict__`` (a reference cycle, collected with
+the module; never copied or pickled with it). An adapter reads the module's config once: after
+changing the config, build a fresh one with ``MaskedLM(module, ...)``.
 """
 from __future__ import annotations
 
@@ -42,95 +31,33 @@ import hashlib
 import inspect
 import json
 import os
-import re
 import warnings
-from collections.abc import Iterable, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from . import assets
+from ._types import CacheMode, PastKeyValues
+from .compat import dtype_kwargs
+from .families import FAMILIES, LLADA_MASK_TOKEN_ID, Family, detect_family, family_of, get_family
+from .heads import PositionsHead, output_embeddings
+from .layout import Layout, ModelInputs, max_content_length
+from .logit_rows import LogitRows
+from .text import Conversation, TextCodec
+from .tokens import Framing, TokenPolicy, config_value, first_int
+
 __all__ = ["MaskedLM", "wrap", "load_masked_lm", "detect_family", "FAMILIES", "LLADA_MASK_TOKEN_ID"]
 
-FAMILIES = ("bert", "llada", "dream", "module")
-#: LLaDA's mask token id (``<|mdm_mask|>``), used when neither the config nor the tokenizer names one.
-LLADA_MASK_TOKEN_ID = 126336
-
-# model_type values of HF encoder masked LMs (the family is also recognised from "...ForMaskedLM").
-_ENCODER_TYPES = frozenset({
-    "bert", "roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "distilbert", "modernbert", "esm",
-    "electra", "albert", "deberta", "deberta-v2", "mpnet", "megatron-bert", "rembert", "roformer",
-    "nomic_bert", "neobert", "eurobert", "ernie", "big_bird", "convbert", "funnel", "mobilebert",
-    "squeezebert", "layoutlm", "luke", "data2vec-text", "ibert", "nystromformer", "yoso", "xmod",
-})
-_METADATA_FILE = "mdm_sched.json"
-
 
 # --------------------------------------------------------------------------------------------------
-# family detection
+# calling the module
 # --------------------------------------------------------------------------------------------------
 
-def detect_family(config: Any) -> str | None:
-    """Guess the adapter family from an HF config (``model_type``, ``architectures``, ``auto_map``).
-
-    Returns ``None`` when nothing identifies the family (the caller then uses ``"module"`` or asks
-    for ``family=``).
-    """
-    if config is None:
-        return None
-    model_type = str(getattr(config, "model_type", "") or "").lower()
-    archs = [str(a).lower() for a in (getattr(config, "architectures", None) or [])]
-    auto_map = getattr(config, "auto_map", None) or {}
-    auto = [str(v).lower() for v in (auto_map.values() if isinstance(auto_map, dict) else [])]
-    names = [model_type, *archs, *auto]
-    if any("llada" in n for n in names):
-        return "llada"
-    if any("dream" in n for n in names):
-        return "dream"
-    if model_type in _ENCODER_TYPES or any(a.endswith("formaskedlm") for a in archs):
-        return "bert"
-    return None
-
-
-def _family_of_module(model: nn.Module) -> str:
-    found = detect_family(getattr(model, "config", None))
-    if found is not None:
-        return found
-    if type(model).__name__.lower().endswith("formaskedlm"):
-        return "bert"
-    return "module"
-
-
-# --------------------------------------------------------------------------------------------------
-# small helpers
-# --------------------------------------------------------------------------------------------------
-
-def _cfg(model: nn.Module, *names: str) -> Any:
-    """First non-None attribute of ``model.config`` among ``names``."""
-    config = getattr(model, "config", None)
-    for name in names:
-        value = getattr(config, name, None) if config is not None else None
-        if value is not None:
-            return value
-    return None
-
-
-def _tok_attr(tokenizer: Any, name: str) -> int | None:
-    value = getattr(tokenizer, name, None) if tokenizer is not None else None
-    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _first_int(*values: Any) -> int | None:
-    for v in values:
-        if isinstance(v, (list, tuple)) and v:
-            v = v[0]
-        if isinstance(v, int) and not isinstance(v, bool):
-            return int(v)
-    return None
-
-
-def _accepts(fn: Any, name: str) -> bool:
+def _accepts(fn: Callable[..., object], name: str) -> bool:
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
@@ -138,7 +65,15 @@ def _accepts(fn: Any, name: str) -> bool:
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
-def _extract_logits(out: Any) -> torch.Tensor:
+def _parameters(fn: Callable[..., object]) -> frozenset[str]:
+    """Names of ``fn``'s parameters (empty when its signature cannot be read)."""
+    try:
+        return frozenset(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return frozenset()
+
+
+def _extract_logits(out: object) -> torch.Tensor:
     if isinstance(out, torch.Tensor):
         return out
     logits = getattr(out, "logits", None)
@@ -153,17 +88,25 @@ def _extract_logits(out: Any) -> torch.Tensor:
     return logits
 
 
-def _read_metadata(path: str | os.PathLike | None) -> dict:
-    if path is None:
-        return {}
-    f = Path(path) / _METADATA_FILE
-    if not f.is_file():
-        return {}
-    try:
-        data = json.loads(f.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{f} is not valid JSON ({exc}); delete it or rebuild the model directory") from exc
-    return data if isinstance(data, dict) else {}
+def config_hash(model: nn.Module, family: str, mask_token_id: int) -> str:
+    """16 hex digits identifying the architecture (class, config, parameter shapes), family and mask id.
+
+    Weights do not enter it: two checkpoints of one architecture share a hash. Volatile config
+    fields (paths, library versions, dtype) are left out.
+    """
+    config = getattr(model, "config", None)
+    if config is None:
+        cfg: dict = {}
+    elif hasattr(config, "to_dict"):
+        cfg = dict(config.to_dict())
+    else:
+        cfg = dict(vars(config))
+    for volatile in ("_name_or_path", "name_or_path", "transformers_version", "torch_dtype", "dtype"):
+        cfg.pop(volatile, None)
+    shapes = [(n, tuple(p.shape)) for n, p in model.named_parameters()]
+    blob = json.dumps({"class": type(model).__name__, "family": family, "mask": mask_token_id,
+                       "config": cfg, "params": shapes}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -174,190 +117,72 @@ class MaskedLM:
     """A masked LM behind one calling convention (see the module docstring).
 
     Build it with :func:`wrap` or :func:`load_masked_lm` rather than directly. Attributes:
-    ``model`` (the ``nn.Module``), ``tokenizer`` (or ``None``), ``family``, ``mask_token_id``,
-    ``pad_token_id``, ``eos_token_id``, ``framing`` (prefix, suffix ids for the bert family),
-    ``max_length`` (content positions, or ``None`` when unknown), ``name_or_path``, ``config_hash``,
-    ``residue_separator`` (``None`` for ordinary text tokenizers).
+    ``model`` (the ``nn.Module``), ``tokenizer`` (or ``None``), ``family`` (its name) and ``family_spec``
+    (its :class:`~mdm_sched.families.Family` entry), ``mask_token_id``, ``pad_token_id``,
+    ``eos_token_id``, ``framing`` (prefix, suffix ids for families with framing), ``max_length``
+    (content positions, or ``None`` when unknown), ``name_or_path``, ``config_hash``,
+    ``residue_separator`` (``None`` for ordinary text tokenizers). The parts: ``tokens``
+    (:class:`~mdm_sched.tokens.TokenPolicy`), ``text`` (:class:`~mdm_sched.text.TextCodec`), ``layout``
+    (:class:`~mdm_sched.layout.Layout`), ``head`` (:class:`~mdm_sched.heads.PositionsHead`).
     """
 
     def __init__(self, model: nn.Module, *, tokenizer: Any = None, mask_token_id: int | None = None,
-                 family: str | None = None, suppress_tokens: Iterable[int | str] | None = None,
-                 allowed_tokens: Iterable[int | str] | None = None, framing: tuple[int | None, int | None] | None = None,
+                 family: str | Family | None = None, suppress_tokens: Iterable[int | str] | None = None,
+                 allowed_tokens: Iterable[int | str] | None = None, framing: Framing | None = None,
                  pad_token_id: int | None = None, eos_token_id: int | None = None, max_length: int | None = None,
                  positions_only: bool | None = None, residue_separator: str | None = None,
                  name_or_path: str | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module (or a MaskedLM), got {type(model).__name__}")
+        spec = family_of(model) if family is None else get_family(family)
         self.model = model
         self.tokenizer = tokenizer
-        if family is None:
-            family = _family_of_module(model)
-        if family not in FAMILIES:
-            raise ValueError(f"family={family!r} is not supported; choose one of {', '.join(FAMILIES)}")
-        self.family: str = family
-        self.name_or_path = name_or_path if name_or_path is not None else (
-            _cfg(model, "_name_or_path", "name_or_path") or None)
-        self.residue_separator = residue_separator
-
-        self.mask_token_id: int = self._resolve_mask_id(mask_token_id)
-        self.pad_token_id: int | None = _first_int(pad_token_id, _tok_attr(tokenizer, "pad_token_id"),
-                                                   _cfg(model, "pad_token_id"))
-        self.eos_token_id: int | None = _first_int(eos_token_id, _tok_attr(tokenizer, "eos_token_id"),
-                                                   _cfg(model, "eos_token_id"))
-        self.framing: tuple[int | None, int | None] = self._resolve_framing(framing)
-        if family == "bert" and framing is None and self.framing == (None, None):
+        self.family_spec: Family = spec
+        self.name_or_path: str | None = name_or_path if name_or_path is not None else (
+            config_value(model, "_name_or_path", "name_or_path") or None)  # type: ignore[assignment]
+        self.tokens = TokenPolicy.resolve(spec, model, tokenizer, mask_token_id=mask_token_id, pad_token_id=pad_token_id,
+                                          eos_token_id=eos_token_id, framing=framing, suppress_tokens=suppress_tokens,
+                                          allowed_tokens=allowed_tokens)
+        if spec.framing and framing is None and self.tokens.framing == (None, None):
             warnings.warn(f"{type(model).__name__}: no CLS/SEP (BOS/EOS) framing tokens known; the model will see "
                           "unframed content. Pass tokenizer=... or framing=(cls_id, sep_id)", stacklevel=3)
-        self._vocab_size: int | None = _first_int(_cfg(model, "vocab_size"))
-        head_out = self._output_embeddings()
-        if self._vocab_size is None and isinstance(head_out, nn.Linear):
+        self.text = TextCodec(tokenizer, residue_separator, self.tokens.pad_token_id, spec.chat_tokenization)
+        self._pass_attention_mask = _accepts(model.forward, "attention_mask")
+        self.layout = Layout(spec, self.tokens.framing, self.tokens.pad_token_id, _accepts(model.forward, "position_ids"))
+        self.max_length: int | None = max_content_length(model, self.layout.n_framing, max_length)
+        self.head = PositionsHead(model, enabled=positions_only if spec.head_shortcut else False)
+        self._vocab_size: int | None = first_int(config_value(model, "vocab_size"))
+        if self._vocab_size is None and isinstance(head_out := output_embeddings(model), nn.Linear):
             self._vocab_size = head_out.out_features
+        self.config_hash: str = config_hash(model, spec.name, self.tokens.mask_token_id)
 
-        # forward signature: what may be passed
-        fwd = model.forward
-        self._pass_attention_mask = _accepts(fwd, "attention_mask")
-        self._pass_position_ids = family in ("llada", "dream", "module") and _accepts(fwd, "position_ids")
-        self.max_length: int | None = self._resolve_max_length(max_length)
-
-        # tokens never sampled
-        self._suppress_list = self._default_suppressed()
-        if suppress_tokens is not None:
-            self._suppress_list |= set(self._token_ids(suppress_tokens, "suppress_tokens"))
-        self._allowed: set[int] | None = None
-        if allowed_tokens is not None:
-            self._allowed = set(self._token_ids(allowed_tokens, "allowed_tokens"))
-            if not self._allowed:
-                raise ValueError("allowed_tokens is empty: pass at least one token that may be sampled")
-        self._suppress_mask: torch.Tensor | None = None
-
-        # positions-only logits: candidate head modules, tried in order; None = not yet verified
-        self._positions_only = positions_only
-        self._heads: list[nn.Module] = self._head_candidates() if positions_only is not False else []
-        self._head_verified = False
-        self.config_hash: str = self._config_hash()
-
-    # -- construction helpers --------------------------------------------------------------------
-    def _resolve_mask_id(self, explicit: int | None) -> int:
-        found = _first_int(explicit, _tok_attr(self.tokenizer, "mask_token_id"), _cfg(self.model, "mask_token_id"),
-                           getattr(self.model, "mask_token_id", None))
-        if found is None and self.family == "llada":
-            found = LLADA_MASK_TOKEN_ID
-        if found is None:
-            raise ValueError("no mask token known for this model: pass mask_token_id=<id> (to wrap/generate), "
-                             "or a tokenizer with a mask token, or a config with mask_token_id")
-        if found < 0:
-            raise ValueError(f"mask_token_id must be a non-negative token id, got {found}")
-        return found
-
-    def _resolve_framing(self, framing: tuple[int | None, int | None] | None) -> tuple[int | None, int | None]:
-        if framing is not None:
-            if not (isinstance(framing, (tuple, list)) and len(framing) == 2):
-                raise ValueError("framing must be a pair (prefix_id or None, suffix_id or None), e.g. (cls_id, sep_id)")
-            return (_first_int(framing[0]), _first_int(framing[1]))
-        if self.family != "bert":
-            return (None, None)
-        tok = self.tokenizer
-        prefix = _first_int(_tok_attr(tok, "cls_token_id"), _tok_attr(tok, "bos_token_id"),
-                            _cfg(self.model, "cls_token_id", "bos_token_id") if tok is None else None)
-        suffix = _first_int(_tok_attr(tok, "sep_token_id"), _tok_attr(tok, "eos_token_id"),
-                            _cfg(self.model, "sep_token_id", "eos_token_id") if tok is None else None)
-        return (prefix, suffix)
+    # -- what the parts resolved -----------------------------------------------------------------
+    @property
+    def family(self) -> str:
+        """The family's registry name (``"bert"``, ``"llada"``, ``"dream"``, ``"module"``, ...)."""
+        return self.family_spec.name
 
     @property
-    def _n_framing(self) -> int:
-        return int(self.framing[0] is not None) + int(self.framing[1] is not None)
+    def mask_token_id(self) -> int:
+        return self.tokens.mask_token_id
 
-    def _embeddings(self) -> nn.Module | None:
-        base = getattr(self.model, "base_model", None)
-        return getattr(base if isinstance(base, nn.Module) else self.model, "embeddings", None)
+    @property
+    def pad_token_id(self) -> int | None:
+        return self.tokens.pad_token_id
 
-    def _resolve_max_length(self, explicit: int | None) -> int | None:
-        if explicit is not None:
-            return int(explicit)
-        limit = None
-        emb = self._embeddings()
-        pos = getattr(emb, "position_embeddings", None) if emb is not None else None
-        if isinstance(pos, nn.Embedding):
-            limit = pos.num_embeddings
-            if pos.padding_idx is not None:  # RoBERTa-style: positions start after padding_idx
-                limit -= pos.padding_idx + 1
-        if limit is None:
-            limit = _first_int(_cfg(self.model, "max_position_embeddings", "max_sequence_length", "n_positions"))
-        if limit is None:
-            return None
-        return max(int(limit) - self._n_framing, 0)
+    @property
+    def eos_token_id(self) -> int | None:
+        return self.tokens.eos_token_id
 
-    def _default_suppressed(self) -> set[int]:
-        ids = {self.mask_token_id}
-        tok = self.tokenizer
-        if self.family == "bert":
-            ids |= {i for i in self.framing if i is not None}
-            if self.pad_token_id is not None:
-                ids.add(self.pad_token_id)
-            if tok is not None:
-                ids |= {int(i) for i in (getattr(tok, "all_special_ids", None) or [])}
-        elif self.pad_token_id is not None and self.pad_token_id != self.eos_token_id:
-            # Diffusion LMs often pad with EOS; EOS must stay samplable (it ends the text).
-            ids.add(self.pad_token_id)
-        return ids
+    @property
+    def framing(self) -> Framing:
+        """(prefix id, suffix id) put around the content; ``(None, None)`` for families without framing."""
+        return self.tokens.framing
 
-    def _token_ids(self, tokens: Iterable[int | str], argname: str) -> list[int]:
-        if isinstance(tokens, (str, int)):
-            tokens = [tokens]
-        out = []
-        for t in tokens:
-            if isinstance(t, str):
-                if self.tokenizer is None:
-                    raise ValueError(f"{argname} contains the string {t!r} but no tokenizer is known: "
-                                     "pass token ids or wrap(..., tokenizer=...)")
-                tid = self.tokenizer.convert_tokens_to_ids(t)
-                unk = _tok_attr(self.tokenizer, "unk_token_id")
-                if tid is None or (tid == unk and t != getattr(self.tokenizer, "unk_token", None)):
-                    raise ValueError(f"{argname}: token {t!r} is not in the tokenizer's vocabulary")
-                out.append(int(tid))
-            elif isinstance(t, int) or (isinstance(t, torch.Tensor) and t.numel() == 1):
-                out.append(int(t))
-            else:
-                raise TypeError(f"{argname} must hold token ids (int) or token strings, got {type(t).__name__}")
-        return out
+    @property
+    def residue_separator(self) -> str | None:
+        return self.text.residue_separator
 
-    def _output_embeddings(self) -> nn.Module | None:
-        getter = getattr(self.model, "get_output_embeddings", None)
-        if callable(getter):
-            try:
-                head = getter()
-            except Exception:  # some remote-code models raise NotImplementedError here
-                return None
-            return head if isinstance(head, nn.Module) else None
-        return None
-
-    def _head_candidates(self) -> list[nn.Module]:
-        """Modules whose output may be the logits: the full MLM head first (so its transform also runs
-        only where needed), then the output embedding. Verified on first use."""
-        if self.family == "module":
-            return []
-        found: list[nn.Module] = []
-        for cand in (getattr(self.model, "cls", None), getattr(self.model, "lm_head", None), self._output_embeddings()):
-            if isinstance(cand, nn.Module) and all(cand is not f for f in found):
-                found.append(cand)
-        return found
-
-    def _config_hash(self) -> str:
-        config = getattr(self.model, "config", None)
-        if config is None:
-            cfg: dict = {}
-        elif hasattr(config, "to_dict"):
-            cfg = dict(config.to_dict())
-        else:
-            cfg = dict(vars(config))
-        for volatile in ("_name_or_path", "name_or_path", "transformers_version", "torch_dtype", "dtype"):
-            cfg.pop(volatile, None)
-        shapes = [(n, tuple(p.shape)) for n, p in self.model.named_parameters()]
-        blob = json.dumps({"class": type(self.model).__name__, "family": self.family, "mask": self.mask_token_id,
-                           "config": cfg, "params": shapes}, sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-    # -- properties ------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
         for t in self.model.parameters():
@@ -378,137 +203,71 @@ class MaskedLM:
         """Size of the logits' last dimension (probed with one tiny forward when the config has none)."""
         if self._vocab_size is None:
             probe = torch.full((1, 1), self.mask_token_id, dtype=torch.long, device=self.device)
-            self._vocab_size = int(self._raw_forward(probe, None).shape[-1])
+            with torch.inference_mode(), self._eval_mode():
+                self._vocab_size = int(self._forward(probe, None, None).shape[-1])
         return self._vocab_size
+
+    # -- tokens never sampled --------------------------------------------------------------------
+    def never_sampled(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """Boolean ``[vocab_size]`` mask of the ids never sampled (cached per device; do not modify).
+
+        ``device`` defaults to the model's device (where the logits are).
+        """
+        return self.tokens.never_sampled(self.vocab_size, self.device if device is None else device)
 
     @property
     def suppressed_ids(self) -> torch.Tensor:
         """Token ids that are never sampled (sorted LongTensor on CPU)."""
-        return self._suppression(self.vocab_size, torch.device("cpu")).nonzero().squeeze(1)
+        return self.never_sampled("cpu").nonzero().squeeze(1)
 
     @property
     def allowed_ids(self) -> torch.Tensor:
         """Token ids that may be sampled (sorted LongTensor on CPU)."""
-        return (~self._suppression(self.vocab_size, torch.device("cpu"))).nonzero().squeeze(1)
+        return (~self.never_sampled("cpu")).nonzero().squeeze(1)
 
-    def _suppression(self, vocab: int, device: torch.device) -> torch.Tensor:
-        if self._suppress_mask is None or self._suppress_mask.numel() != vocab:
-            mask = torch.zeros(vocab, dtype=torch.bool)
-            ids = [i for i in self._suppress_list if 0 <= i < vocab]
-            if ids:
-                mask[torch.tensor(ids)] = True
-            if self._allowed is not None:
-                allowed = torch.zeros(vocab, dtype=torch.bool)
-                allowed[torch.tensor([i for i in self._allowed if 0 <= i < vocab], dtype=torch.long)] = True
-                mask |= ~allowed
-            if bool(mask.all()):
-                raise ValueError("every token is suppressed: check allowed_tokens / suppress_tokens")
-            self._suppress_mask = mask
-        if self._suppress_mask.device != device:
-            self._suppress_mask = self._suppress_mask.to(device)
-        return self._suppress_mask
+    # -- text ------------------------------------------------------------------------------------
+    def encode(self, texts: str | Sequence[str]) -> list[list[int]]:
+        """Content token ids (no framing tokens) of each text; the mask token's string marks masked positions."""
+        return self.text.encode(texts)
+
+    def encode_chat(self, messages: Conversation | Sequence[Conversation]) -> list[list[int]]:
+        """Prompt ids of chat conversations (one, or a list of them) through the tokenizer's chat template,
+        ending with the assistant's generation prompt, special tokens as the family expects (BOS for LLaDA)."""
+        return self.text.encode_chat(messages)
+
+    def decode(self, ids: torch.Tensor | Sequence[Sequence[int]], *, skip_special_tokens: bool = True) -> list[str]:
+        """Texts of rows of token ids; padding, framing and other special tokens are dropped unless
+        ``skip_special_tokens=False``.
+
+        Residue models (``residue_separator`` set) give plain residue strings (``"EVQLV..."``).
+        """
+        return self.text.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def __repr__(self) -> str:
         return (f"MaskedLM(family={self.family!r}, model={type(self.model).__name__}, name_or_path={self.name_or_path!r}, "
                 f"mask_token_id={self.mask_token_id}, max_length={self.max_length})")
 
     def to(self, *args: Any, **kwargs: Any) -> MaskedLM:
+        """Move the model (``nn.Module.to`` arguments); returns the adapter."""
         self.model.to(*args, **kwargs)
         return self
 
-    # -- text ------------------------------------------------------------------------------------
-    def _require_tokenizer(self, what: str) -> Any:
-        if self.tokenizer is None:
-            raise TypeError(f"{what} needs a tokenizer: wrap(model, tokenizer=...) or pass token ids instead of strings")
-        return self.tokenizer
-
-    def encode(self, texts: str | Sequence[str]) -> list[list[int]]:
-        """Content token ids (no framing tokens) of each text; the mask token's string marks masked positions."""
-        tok = self._require_tokenizer("encode")
-        if isinstance(texts, str):
-            texts = [texts]
-        texts = list(texts)
-        if not all(isinstance(t, str) for t in texts):
-            raise TypeError("encode expects a list of strings")
-        if self.residue_separator:
-            # one token per residue; a literal mask token stays whole
-            mask_str = getattr(tok, "mask_token", None)
-            pattern = re.compile(("(" + re.escape(mask_str) + ")|" if mask_str else "") + r"(\S)")
-            texts = [self.residue_separator.join(m.group(0) for m in pattern.finditer(t)) for t in texts]
-        return [list(map(int, ids)) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
-
-    def decode(self, ids: torch.Tensor | Sequence[Sequence[int]]) -> list[str]:
-        """Texts of rows of token ids; padding, framing and other special tokens are dropped.
-
-        Residue models (``residue_separator`` set) give plain residue strings (``"EVQLV..."``).
-        """
-        tok = self._require_tokenizer("decode")
-        rows = ids.tolist() if isinstance(ids, torch.Tensor) else [list(r) for r in ids]
-        if rows and isinstance(rows[0], int):
-            rows = [rows]
-        if self.residue_separator is not None:
-            special = set(getattr(tok, "all_special_ids", None) or []) | {self.pad_token_id}
-            return ["".join(tok.convert_ids_to_tokens([i for i in r if i not in special])) for r in rows]
-        return tok.batch_decode(rows, skip_special_tokens=True)
-
     # -- model calls -----------------------------------------------------------------------------
-    def _raw_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                     position_ids: torch.Tensor | None = None) -> torch.Tensor:
-        kwargs: dict[str, Any] = {}
+    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                 position_ids: torch.Tensor | None) -> torch.Tensor:
+        """The module's logits in its own dtype and positions (no layout, no suppression)."""
+        kwargs: dict[str, torch.Tensor] = {}
         if attention_mask is not None:
             if not self._pass_attention_mask:
                 raise ValueError(f"{type(self.model).__name__}.forward takes no attention_mask, so rows of different "
                                  "lengths cannot be batched: pass prompts of equal length (or batch them separately)")
-            kwargs["attention_mask"] = attention_mask.long()
+            kwargs["attention_mask"] = self.layout.forward_mask(attention_mask)
         if position_ids is not None:
             kwargs["position_ids"] = position_ids
         return _extract_logits(self.model(input_ids, **kwargs))
 
-    def _layout(self, ids: torch.Tensor, attn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None,
-                                                                       torch.Tensor | None, torch.Tensor]:
-        """Model inputs for content ``ids`` and, per content position, the model position whose logits predict it.
-
-        Returns ``(model_ids, model_attention_mask or None, position_ids or None, index [B, L])``.
-        """
-        b, l = ids.shape
-        device = ids.device
-        cols = torch.arange(l, device=device)
-        padded = not bool(attn.all())
-        pad = self.pad_token_id if self.pad_token_id is not None else 0
-        if self.family == "bert":
-            # Right-pad internally: [prefix] content [suffix] pad...; every row then has the positions it
-            # would have alone, whatever the model's position scheme. A stable sort keeps content order.
-            order = torch.argsort((~attn).to(torch.int8), dim=1, stable=True)
-            compact = ids.gather(1, order)
-            n_valid = attn.sum(1)
-            prefix, suffix = self.framing
-            n_pre = int(prefix is not None)
-            width = l + self._n_framing
-            model_ids = torch.full((b, width), pad, dtype=ids.dtype, device=device)
-            body_valid = cols.unsqueeze(0) < n_valid.unsqueeze(1)
-            model_ids[:, n_pre:n_pre + l] = torch.where(body_valid, compact, torch.full_like(compact, pad))
-            if prefix is not None:
-                model_ids[:, 0] = prefix
-            if suffix is not None:
-                model_ids.scatter_(1, (n_valid + n_pre).unsqueeze(1), suffix)
-            total = n_valid + self._n_framing
-            model_attn = torch.arange(width, device=device).unsqueeze(0) < total.unsqueeze(1)
-            index = torch.argsort(order, dim=1) + n_pre  # inverse permutation: content col -> model col
-            return model_ids, (model_attn if padded else None), None, index
-        model_ids = torch.where(attn, ids, torch.full_like(ids, pad))
-        position_ids = None
-        if padded and self._pass_position_ids:
-            position_ids = (attn.long().cumsum(1) - 1).clamp(min=0)
-        index = cols.unsqueeze(0).expand(b, l)
-        if self.family == "dream":
-            # logits at i predict token i+1: content j reads position j-1 unless that is padding (row start)
-            prev_ok = torch.zeros_like(attn)
-            prev_ok[:, 1:] = attn[:, :-1]
-            index = torch.where(prev_ok, index - 1, index)
-        return model_ids, (attn if padded else None), position_ids, index
-
     @contextlib.contextmanager
-    def _eval_mode(self):
+    def _eval_mode(self) -> Iterator[None]:
         was_training = self.model.training
         if was_training:
             self.model.eval()  # dropout off while sampling, even when called from a training loop
@@ -518,47 +277,9 @@ class MaskedLM:
             if was_training:
                 self.model.train()
 
-    def _forward_capturing(self, head: nn.Module, model_ids: torch.Tensor, model_attn: torch.Tensor | None,
-                           position_ids: torch.Tensor | None, full: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """One forward with ``head`` intercepted: returns (hidden states entering the head, full logits or None)."""
-        store: list[torch.Tensor] = []
-        had_attr = "forward" in head.__dict__
-        original = head.forward
-
-        def capture(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-            store.append(x)
-            if full:
-                return original(x, *args, **kwargs)
-            return x.new_zeros(x.shape[:-1] + (0,))  # the [.., V] product is what we avoid
-
-        head.forward = capture
-        try:
-            logits = self._raw_forward(model_ids, model_attn, position_ids)
-        finally:
-            if had_attr:
-                head.forward = original
-            else:
-                del head.forward
-        hidden = store[-1] if len(store) == 1 else None  # a head called twice is not a plain head
-        return hidden, (logits if full else None)
-
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-               positions: torch.Tensor | None = None) -> torch.Tensor:
-        """Float32 logits for content ids (mask id where masked), suppressed ids at ``-inf``.
-
-        Args:
-            input_ids: LongTensor ``[B, L]`` of content ids (no framing tokens).
-            attention_mask: ``[B, L]`` (1 = real token); left or right padding; ``None`` = all real.
-            positions: optional BoolTensor ``[B, L]``; then only the logits at ``positions.nonzero()``
-                (row-major) are returned, ``[P, V]``, computed through the LM head only there when possible.
-
-        Returns:
-            ``[B, L, V]`` (``positions=None``) or ``[P, V]`` float32; ``log_softmax`` of it is the model's
-            sampling distribution at temperature 1.
-
-        Raises:
-            ValueError: NaN or ``+inf`` logits, or rows longer than :attr:`max_length`.
-        """
+    def _check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                      positions: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(ids, boolean attention, boolean positions or None) on the model's device, shapes checked."""
         if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2:
             raise ValueError("input_ids must be a LongTensor [batch, length] of content token ids")
         device = self.device
@@ -576,107 +297,257 @@ class MaskedLM:
             if longest > self.max_length:
                 raise ValueError(f"a row has {longest} content tokens but {self.name_or_path or type(self.model).__name__} "
                                  f"takes at most max_length={self.max_length}: shorten the prompt or gen_length")
-        with torch.inference_mode(), self._eval_mode():
-            model_ids, model_attn, position_ids, index = self._layout(ids, attn)
-            out = self._select_logits(model_ids, model_attn, position_ids, index, positions)
-            out = out.float()
-            peak = out.amax(dim=-1)  # NaN and +inf propagate through max: no [P, V] boolean temporaries
-            if bool((torch.isnan(peak) | (peak == float("inf"))).any()):
-                raise ValueError(f"model {self.name_or_path or type(self.model).__name__} returned NaN or +inf logits "
-                                 f"(dtype {self.dtype}); run it in float32 (load_masked_lm(..., dtype=torch.float32)) "
-                                 "or check its weights")
-            if self._vocab_size is None:
-                self._vocab_size = int(out.shape[-1])
-            return out.masked_fill_(self._suppression(out.shape[-1], out.device), float("-inf"))
+        return ids, attn, positions
 
-    def _select_logits(self, model_ids: torch.Tensor, model_attn: torch.Tensor | None,
-                       position_ids: torch.Tensor | None, index: torch.Tensor,
-                       positions: torch.Tensor | None) -> torch.Tensor:
-        """Model-dtype logits at the requested content positions (``[P, V]``) or everywhere (``[B, L, V]``)."""
-        if positions is not None and self._heads and not self._head_verified:
-            self._check_heads(model_ids, model_attn)
-        if positions is None or not self._head_verified:
-            full = self._raw_forward(model_ids, model_attn, position_ids)
-            if positions is None:
-                return full.gather(1, index.unsqueeze(-1).expand(-1, -1, full.shape[-1]))
-            rows, cols = positions.nonzero(as_tuple=True)
-            return full[rows, index[rows, cols]]
-        rows, cols = positions.nonzero(as_tuple=True)
-        head = self._heads[0]
-        hidden, _ = self._forward_capturing(head, model_ids, model_attn, position_ids, full=False)
-        if hidden is None:
-            raise RuntimeError(f"{type(self.model).__name__}: the LM head was not called during the forward; "
-                               "wrap(..., positions_only=False)")
-        return head(hidden[rows, index[rows, cols]])
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Float32 logits for content ids (mask id where masked), never-sampled ids at ``-inf``.
 
-    def _check_heads(self, model_ids: torch.Tensor, model_attn: torch.Tensor | None) -> None:
-        """Pick the first candidate head whose output at selected rows equals the model's own logits.
+        Args:
+            input_ids: LongTensor ``[B, L]`` of content ids (no framing tokens).
+            attention_mask: ``[B, L]`` (1 = real token); left or right padding; ``None`` = all real.
+            positions: optional BoolTensor ``[B, L]``; then only the logits at ``positions.nonzero()``
+                (row-major) are returned, ``[P, V]``, computed through the LM head only there when possible.
 
-        Checked once, on a short probe (the first tokens of the longest row, at most 16), so the check
-        never builds the large ``[B, L, V]`` tensor the shortcut exists to avoid.
+        Returns:
+            ``[B, L, V]`` (``positions=None``) or ``[P, V]`` float32; ``log_softmax`` of it is the model's
+            sampling distribution at temperature 1.
+
+        Raises:
+            ValueError: NaN or ``+inf`` logits, or rows longer than :attr:`max_length`.
         """
-        counts = (model_attn.sum(1) if model_attn is not None
-                  else torch.full((model_ids.shape[0],), model_ids.shape[1], device=model_ids.device))
-        row = int(counts.argmax())
-        valid = model_ids[row] if model_attn is None else model_ids[row][model_attn[row].bool()]
-        probe = valid[:16].unsqueeze(0)
-        while self._heads:
-            head = self._heads[0]
-            try:
-                hidden, full = self._forward_capturing(head, probe, None, None, full=True)
-            except Exception:
-                hidden, full = None, None
-            if full is not None and bool((torch.isnan(full) | (full == float("inf"))).any()):
-                return  # undecidable on broken logits; the caller's full path raises on them
-            if full is not None and self._head_matches(head, hidden, full):
-                self._head_verified = True
-                return
-            self._heads.pop(0)
-        warnings.warn(f"{type(self.model).__name__}: could not apply the LM head at selected positions only; "
-                      "using full logits (same results, more memory)", stacklevel=4)
+        if positions is not None:
+            return self.logit_rows(input_ids, attention_mask, positions).materialize()
+        ids, attn, _ = self._check_inputs(input_ids, attention_mask, None)
+        with torch.inference_mode(), self._eval_mode():
+            inputs = self.layout(ids, attn)
+            full = self._forward(inputs.input_ids, inputs.attention_mask, inputs.position_ids)
+            out = full.gather(1, inputs.index.unsqueeze(-1).expand(-1, -1, full.shape[-1]))
+            b, length, vocab = out.shape
+            flat = self._rows(out.reshape(b * length, vocab), None).materialize()
+            return flat.view(b, length, vocab)
 
-    @staticmethod
-    def _head_matches(head: nn.Module, hidden: torch.Tensor | None, full: torch.Tensor) -> bool:
-        """Does ``head(hidden)`` row by row reproduce the model's own logits ``full`` ``[1, n, V]``?"""
-        if hidden is None or hidden.shape[:2] != full.shape[:2]:
-            return False
+    def logit_rows(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                   positions: torch.Tensor) -> LogitRows:
+        """The logits at ``positions.nonzero()`` (row-major) as :class:`~mdm_sched.logit_rows.LogitRows`: the model's
+        output, not yet copied, converted, checked or suppressed (that happens chunk by chunk as the draw reads it).
+
+        Same arguments and meaning as :meth:`logits` with ``positions``; ``logit_rows(...).materialize()`` is
+        ``logits(..., positions=positions)``.
+        """
+        ids, attn, positions = self._check_inputs(input_ids, attention_mask, positions)
+        assert positions is not None
+        with torch.inference_mode(), self._eval_mode():
+            inputs = self.layout(ids, attn)
+            rows, cols = positions.nonzero(as_tuple=True)
+            model_cols = inputs.index[rows, cols]
+            at = self.head.logits_at(self._forward, inputs, rows, model_cols)
+            if at is not None:
+                return self._rows(at, None)
+            full = self._forward(inputs.input_ids, inputs.attention_mask, inputs.position_ids)
+            return self._rows(full.reshape(-1, full.shape[-1]), rows * full.shape[1] + model_cols)
+
+    def _rows(self, source: torch.Tensor, index: torch.Tensor | None) -> LogitRows:
+        """Rows of this model's logits, suppressed and checked as they are read."""
+        vocab = source.shape[-1]
+        if self._vocab_size is None:
+            self._vocab_size = int(vocab)
+        name = self.name_or_path or type(self.model).__name__
+        return LogitRows(source, index, self.tokens.never_sampled(vocab, source.device), origin=f"model {name}",
+                         hint=f" (dtype {self.dtype}); run it in float32 (load_masked_lm(..., dtype=torch.float32)) "
+                              "or check its weights")
+
+    # -- KV cache (Fast-dLLM's interface) ---------------------------------------------------------
+    def check_kv_cache(self, mode: CacheMode) -> None:
+        """Raise a ValueError naming what this model lacks for ``generate(cache=mode)`` (``"prefix"``/``"dual"``).
+
+        A cached call runs only some columns of the canvas and passes the keys and values of the others as
+        ``past_key_values``: the forward must accept ``past_key_values`` and ``use_cache`` (and ``replace_position``
+        for ``"dual"``), as Fast-dLLM's LLaDA and Dream modeling files do, and content columns must be model columns
+        (no framing tokens, no re-laid-out rows).
+        """
+        name = type(self.model).__name__
+        if self.layout.n_framing or self.family_spec.right_pad:
+            raise ValueError(f"cache={mode!r}: {name} is a {self.family}-family model whose rows are re-laid out around "
+                             "framing tokens, so cached columns would not line up with the canvas; use cache=None")
+        needed = ["past_key_values", "use_cache"] + (["replace_position"] if mode == "dual" else [])
+        missing = [arg for arg in needed if not _accepts(self.model.forward, arg)]
+        if missing:
+            raise ValueError(f"cache={mode!r} needs a model whose forward accepts {', '.join(needed)} (Fast-dLLM's "
+                             f"modeling_llada.py / modeling_dream.py); {name}.forward has no {', '.join(missing)}")
+
+    def kv_columns(self, lo: int, hi: int) -> tuple[int, int]:
+        """Model columns a cached call must run so that content columns ``[lo, hi)`` get fresh tokens and logits
+        (one more on the left for families whose logits at ``i`` predict ``i + 1``)."""
+        shift = 1 if self.family_spec.shifted_logits and lo > 0 else 0
+        return lo - shift, hi
+
+    def kv_logit_rows(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, positions: torch.Tensor, *,
+                      span: tuple[int, int] | None = None, past: PastKeyValues | None = None,
+                      replace: bool = False) -> tuple[LogitRows, PastKeyValues]:
+        """One model call that fills or uses a KV cache: (logits at ``positions.nonzero()``, the returned cache).
+
+        Args:
+            input_ids, attention_mask, positions: as for :meth:`logit_rows` (the whole canvas).
+            span: model columns ``[start, end)`` to run (from :meth:`kv_columns`); ``None``: every column, with
+                ``use_cache=True``, to fill the cache. The attention mask, when rows are padded, covers every column.
+            past: the cache for the columns not run: those before ``start`` (``replace=False``, Fast-dLLM's prefix
+                cache), or every column (``replace=True``, the dual cache: the model replaces the span's entries, told
+                by ``replace_position``, a ``[1, W]`` mask because the span is the same for every row).
+        """
+        if (span is None) != (past is None):
+            raise ValueError("kv_logit_rows: pass span and past together (or neither, to fill the cache)")
+        ids, attn, positions = self._check_inputs(input_ids, attention_mask, positions)
+        assert positions is not None
+        with torch.inference_mode(), self._eval_mode():
+            inputs = self.layout(ids, attn)
+            start, end = span if span is not None else (0, inputs.input_ids.shape[1])
+            rows, cols = positions.nonzero(as_tuple=True)
+            local = inputs.index[rows, cols] - start
+            if local.numel() and (int(local.min()) < 0 or int(local.max()) >= end - start):
+                raise ValueError(f"kv_logit_rows: positions read model columns outside the span [{start}, {end})")
+            query = inputs.input_ids[:, start:end]
+            call = _CachedCall(self, query, self._kv_kwargs(inputs, start, end, past, replace))
+            at = None
+            if past is None or self.head.state == "verified":  # the head is verified on a full call only
+                sliced = ModelInputs(query, inputs.attention_mask, call.kwargs.get("position_ids"), inputs.index)
+                at = self.head.logits_at(call, sliced, rows, local)
+            if at is not None:
+                return self._rows(at, None), call.past()
+            logits = call(query, None, None)
+            return self._rows(logits.reshape(-1, logits.shape[-1]), rows * logits.shape[1] + local), call.past()
+
+    def _kv_kwargs(self, inputs: ModelInputs, start: int, end: int, past: PastKeyValues | None,
+                   replace: bool) -> dict[str, Any]:
+        """Keyword arguments of a cached call on model columns ``[start, end)``."""
+        kwargs: dict[str, Any] = {"use_cache": True}
+        if inputs.attention_mask is not None:
+            if not self._pass_attention_mask:
+                raise ValueError(f"{type(self.model).__name__}.forward takes no attention_mask, so rows of different "
+                                 "lengths cannot be batched: pass prompts of equal length (or batch them separately)")
+            # every key, cached and run columns (HF / Fast-dLLM convention); a pairwise [B, 1, W, W] mask (Dream)
+            # keeps only the run columns' query rows, as Fast-dLLM's Dream slices it
+            mask = self.layout.forward_mask(inputs.attention_mask)
+            kwargs["attention_mask"] = mask[:, :, start:end, :] if mask is not None and mask.ndim == 4 else mask
+        if inputs.position_ids is not None:
+            kwargs["position_ids"] = inputs.position_ids[:, start:end]
+        if past is not None:
+            kwargs["past_key_values"] = past
+            if replace:
+                where = torch.zeros((1, inputs.input_ids.shape[1]), dtype=torch.bool, device=inputs.input_ids.device)
+                where[:, start:end] = True
+                kwargs["replace_position"] = where
+                if "dual_cache" in _parameters(self.model.forward):  # Fast-dLLM's Dream also wants the flag
+                    kwargs["dual_cache"] = True
+        return kwargs
+
+
+class _CachedCall:
+    """The module called on ``query`` with cache arguments (any other ids, e.g. the head's verification probe,
+    get a plain call); keeps the cache the call returns."""
+
+    def __init__(self, mlm: MaskedLM, query: torch.Tensor, kwargs: dict[str, Any]) -> None:
+        self.mlm, self.query, self.kwargs = mlm, query, kwargs
+        self._past: PastKeyValues | None = None
+
+    def __call__(self, ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                 position_ids: torch.Tensor | None) -> torch.Tensor:
+        if ids is not self.query:
+            return self.mlm._forward(ids, attention_mask, position_ids)
+        name = type(self.mlm.model).__name__
         try:
-            got = head(hidden[0]).float()
-        except Exception:
-            return False
-        want = full[0].float()
-        if got.shape != want.shape:
-            return False
-        fin = torch.isfinite(want)
-        if not torch.equal(fin, torch.isfinite(got)):
-            return False
-        if not bool(fin.any()):
-            return True
-        tol = 1e-4 if hidden.dtype in (torch.float32, torch.float64) else 3e-2  # half precision GEMMs differ more
-        scale = float(want[fin].abs().max())
-        return float((got[fin] - want[fin]).abs().max()) <= tol * (1.0 + scale)
+            out = self.mlm.model(ids, **self.kwargs)
+        except AssertionError as exc:  # e.g. the original LLaDA modeling file: "The kvcache is not supported for MDM."
+            raise ValueError(f"{name}.forward refused a KV cache ({exc}); use a modeling file that supports it "
+                             "(Fast-dLLM's) or cache=None") from exc
+        past = out.get("past_key_values") if isinstance(out, dict) else getattr(out, "past_key_values", None)
+        if past is None:
+            raise ValueError(f"{name} returned no past_key_values with use_cache=True; cache= needs a forward that "
+                             "returns per-layer (key, value) tensors (Fast-dLLM's modeling files)")
+        if not isinstance(past, (list, tuple)) or not all(
+                isinstance(layer, (list, tuple)) and all(isinstance(t, torch.Tensor) for t in layer) for layer in past):
+            raise TypeError(f"{name} returned past_key_values of type {type(past).__name__}; cache= needs per-layer "
+                            "(key, value) tensors with the sequence on dimension -2 (Fast-dLLM's format)")
+        self._past = past
+        return _extract_logits(out)
+
+    def past(self) -> PastKeyValues:
+        assert self._past is not None
+        return self._past
 
 
 # --------------------------------------------------------------------------------------------------
-# constructors
+# wrap, with adapters cached per module
 # --------------------------------------------------------------------------------------------------
+
+_CACHE_ATTR = "_mdm_sched_adapters"
+
+
+class _AdapterCache(dict):
+    """A module's adapters by wrap arguments. Tied to its owner; never copied or pickled with the module
+    (a copy starts empty, so ``copy.deepcopy(model)`` or ``torch.save(model)`` never carry adapters)."""
+
+    def __init__(self, owner: nn.Module | None = None) -> None:
+        super().__init__()
+        self.owner = weakref.ref(owner) if owner is not None else None
+
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        return (_AdapterCache, ())
+
+    def __copy__(self) -> _AdapterCache:
+        return _AdapterCache()
+
+    def __deepcopy__(self, memo: dict) -> _AdapterCache:
+        return _AdapterCache()
+
+
+def _adapter_cache(module: nn.Module) -> _AdapterCache | None:
+    """The module's adapter cache (created on first use); ``None`` for a module that cannot hold one."""
+    try:
+        cache = module.__dict__.get(_CACHE_ATTR)
+        if not isinstance(cache, _AdapterCache) or cache.owner is None or cache.owner() is not module:
+            cache = _AdapterCache(module)  # none yet, or one a shallow copy shares with its original
+            module.__dict__[_CACHE_ATTR] = cache
+    except (AttributeError, TypeError):  # e.g. no writable __dict__ or no weak references
+        return None
+    return cache
+
+
+def _freeze(value: object) -> object:
+    """A hashable stand-in for a wrap argument; TypeError for what cannot key a cache (e.g. iterators)."""
+    if value is None or isinstance(value, (bool, int, float, str, Family)):
+        return value
+    if isinstance(value, torch.Tensor):
+        return ("tensor", tuple(value.detach().cpu().flatten().tolist()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, (set, frozenset)):
+        return frozenset(_freeze(v) for v in value)
+    if type(value).__module__ == "numpy" and hasattr(value, "item"):
+        return _freeze(value.item())  # type: ignore[attr-defined]
+    raise TypeError(f"cannot use a {type(value).__name__} as a cache key")
+
 
 def wrap(model: nn.Module | MaskedLM, tokenizer: Any = None, mask_token_id: int | None = None,
-         family: str | None = None, *, suppress_tokens: Iterable[int | str] | None = None,
-         allowed_tokens: Iterable[int | str] | None = None, framing: tuple[int | None, int | None] | None = None,
+         family: str | Family | None = None, *, suppress_tokens: Iterable[int | str] | None = None,
+         allowed_tokens: Iterable[int | str] | None = None, framing: Framing | None = None,
          pad_token_id: int | None = None, eos_token_id: int | None = None, max_length: int | None = None,
          positions_only: bool | None = None, residue_separator: str | None = None,
          name_or_path: str | None = None) -> MaskedLM:
     """Wrap a model in the library's :class:`MaskedLM` adapter (a ``MaskedLM`` is returned unchanged).
 
+    The same module with the same arguments returns the same adapter (cached on the module), so the
+    config is hashed and the LM head verified once, however often ``generate(module, ...)`` is called.
+
     Args:
         model: an HF masked LM, a LLaDA/Dream-style model, or any ``nn.Module`` whose forward returns ``.logits``.
-        tokenizer: optional HF tokenizer (text prompts, decoding, special token ids).
+        tokenizer: optional HF tokenizer (text prompts, decoding, special token ids); default ``model.tokenizer``.
         mask_token_id: overrides the tokenizer's / config's mask id (required when neither has one).
-        family: ``"bert" | "llada" | "dream" | "module"``; detected from the config when omitted.
+        family: a registered family name (``"bert" | "llada" | "dream" | "module"``, see
+            :mod:`mdm_sched.families`) or a :class:`~mdm_sched.families.Family`; detected when omitted.
         suppress_tokens: extra token ids (or token strings) never to sample.
         allowed_tokens: restrict sampling to these ids/strings (e.g. the 20 amino acids).
-        framing: ``(prefix_id, suffix_id)`` added around the content (bert family; default CLS/SEP or BOS/EOS).
+        framing: ``(prefix_id, suffix_id)`` around the content, for families with framing (default CLS/SEP or BOS/EOS).
         positions_only: ``False`` disables head-only-at-positions logits (default: automatic, verified).
         residue_separator: for one-token-per-character models (proteins): join characters with this
             string before tokenizing, and decode to plain strings.
@@ -688,15 +559,92 @@ def wrap(model: nn.Module | MaskedLM, tokenizer: Any = None, mask_token_id: int 
         return model
     if tokenizer is None:
         tokenizer = getattr(model, "tokenizer", None)
-    return MaskedLM(model, tokenizer=tokenizer, mask_token_id=mask_token_id, family=family,
-                    suppress_tokens=suppress_tokens, allowed_tokens=allowed_tokens, framing=framing,
-                    pad_token_id=pad_token_id, eos_token_id=eos_token_id, max_length=max_length,
-                    positions_only=positions_only, residue_separator=residue_separator, name_or_path=name_or_path)
+    options: dict[str, Any] = dict(
+        mask_token_id=mask_token_id, family=family, suppress_tokens=suppress_tokens, allowed_tokens=allowed_tokens,
+        framing=framing, pad_token_id=pad_token_id, eos_token_id=eos_token_id, max_length=max_length,
+        positions_only=positions_only, residue_separator=residue_separator, name_or_path=name_or_path)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module (or a MaskedLM), got {type(model).__name__}")
+    try:
+        key: tuple | None = (id(tokenizer), *sorted((k, _freeze(v)) for k, v in options.items()))
+    except TypeError:
+        key = None  # e.g. a one-shot iterator of token ids: build a fresh adapter
+    cache = _adapter_cache(model) if key is not None else None
+    found = cache.get(key) if cache is not None else None
+    if found is not None and found.tokenizer is tokenizer:
+        return found
+    adapter = MaskedLM(model, tokenizer=tokenizer, **options)
+    if cache is not None:
+        cache[key] = adapter
+    return adapter
+
+
+# --------------------------------------------------------------------------------------------------
+# loading
+# --------------------------------------------------------------------------------------------------
+
+def _source(name: str) -> tuple[str, dict]:
+    """(loadable path or hub id, the directory's ``mdm_sched.json`` facts or ``{}``)."""
+    path = str(assets.resolve(name)) if name in assets.BUILTIN_MODELS else name
+    meta = assets.read_metadata(path) if Path(path).is_dir() else None
+    return path, meta or {}
+
+
+def _load_config(path: str, name: str, trust_remote_code: bool) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc) and not trust_remote_code:
+            raise ValueError(f"{name} ships its own modelling code; load it with "
+                             "load_masked_lm(..., trust_remote_code=True) if you trust its source") from exc
+        raise
+
+
+def _loading_family(name: str, config: Any, explicit: str | Family | None, meta: dict, trust_remote_code: bool) -> Family:
+    """The family to load ``name`` as: explicit, the directory's metadata, or detected from the config."""
+    chosen = explicit or meta.get("family") or detect_family(config)
+    if chosen is None:
+        raise ValueError(f"cannot tell the model family of {name} from its config (model_type="
+                         f"{getattr(config, 'model_type', None)!r}); pass family= one of {', '.join(FAMILIES)}")
+    spec = get_family(chosen)
+    if spec.remote_code and getattr(config, "auto_map", None) and not trust_remote_code:
+        raise ValueError(f"{name} is a {spec.name}-style model with remote modelling code; pass trust_remote_code=True "
+                         "if you trust its source")
+    return spec
+
+
+def _auto_class(spec: Family) -> Any:
+    import transformers
+
+    auto = getattr(transformers, spec.auto_class, None)
+    if auto is None:
+        raise ValueError(f"family {spec.name!r}: transformers has no {spec.auto_class}; fix the family's auto_class")
+    return auto
+
+
+def _load_tokenizer(path: str, name: str, trust_remote_code: bool) -> Any:
+    """The tokenizer stored with the model, or ``None`` (with a warning) when there is no usable one."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # a model without tokenizer files still works on token ids
+        warnings.warn(f"no tokenizer could be loaded from {name} ({exc}); only token ids will work", stacklevel=3)
+        return None
+    # transformers 5 builds a tokenizer holding only special tokens when the vocabulary file is
+    # missing: every text would become [UNK]. Such a tokenizer is worse than none.
+    if len(tokenizer) <= len(set(getattr(tokenizer, "all_special_ids", []) or [])):
+        warnings.warn(f"the tokenizer found for {name} has no vocabulary beyond special tokens; ignoring it "
+                      "(pass tokenizer=... to use text)", stacklevel=3)
+        return None
+    return tokenizer
 
 
 def load_masked_lm(name_or_path: str | os.PathLike, *, trust_remote_code: bool = False,
                    device: str | torch.device | None = None, dtype: torch.dtype | str | None = None,
-                   family: str | None = None, tokenizer: Any = None, **wrap_kwargs: Any) -> MaskedLM:
+                   family: str | Family | None = None, tokenizer: Any = None, **wrap_kwargs: Any) -> MaskedLM:
     """Load a masked LM by built-in name (``"antiberty"``, ``"sapiens-vh"``, ``"sapiens-vl"``), local
     directory or hub id, and wrap it.
 
@@ -704,60 +652,26 @@ def load_masked_lm(name_or_path: str | os.PathLike, *, trust_remote_code: bool =
         trust_remote_code: needed for LLaDA/Dream checkpoints that ship their modelling code; never implied.
         device: where to put the model (default: where it loads, CPU).
         dtype: e.g. ``torch.bfloat16``; default: float32.
-        family: override the detected family.
+        family: override the detected family (a registered name or a :class:`~mdm_sched.families.Family`).
         tokenizer: use this tokenizer instead of loading one from the same place.
         wrap_kwargs: passed to :func:`wrap` (``allowed_tokens``, ``suppress_tokens``, ``mask_token_id`` ...).
     """
-    from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokenizer
-
     name = str(name_or_path)
-    try:
-        from . import assets
-        builtin = name in assets.BUILTIN_MODELS
-    except ImportError:  # assets module unavailable: only paths and hub ids
-        builtin = False
-    path: str = str(assets.resolve(name)) if builtin else name
-    meta = _read_metadata(path) if Path(path).is_dir() else {}
+    path, meta = _source(name)
     if isinstance(dtype, str):
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise ValueError(f"dtype={dtype!r} is not a torch dtype name; use e.g. 'float32' or 'bfloat16'")
         dtype = getattr(torch, dtype)
-    try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except ValueError as exc:
-        if "trust_remote_code" in str(exc) and not trust_remote_code:
-            raise ValueError(f"{name} ships its own modelling code; load it with "
-                             "load_masked_lm(..., trust_remote_code=True) if you trust its source") from exc
-        raise
-    fam = family or meta.get("family") or detect_family(config)
-    if fam is None:
-        raise ValueError(f"cannot tell the model family of {name} from its config (model_type="
-                         f"{getattr(config, 'model_type', None)!r}); pass family='bert'|'llada'|'dream'")
-    if fam not in FAMILIES:
-        raise ValueError(f"family={fam!r} is not supported; choose one of {', '.join(FAMILIES)}")
-    if fam in ("llada", "dream") and getattr(config, "auto_map", None) and not trust_remote_code:
-        raise ValueError(f"{name} is a {fam}-style model with remote modelling code; pass trust_remote_code=True "
-                         "if you trust its source")
-    auto = AutoModelForMaskedLM if fam == "bert" else AutoModel
-    load_kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "dtype": dtype or torch.float32}
-    model = auto.from_pretrained(path, **load_kwargs)
+    config = _load_config(path, name, trust_remote_code)
+    spec = _loading_family(name, config, family, meta, trust_remote_code)
+    model = _auto_class(spec).from_pretrained(path, trust_remote_code=trust_remote_code,
+                                              **dtype_kwargs(dtype or torch.float32))
     if device is not None:
         model = model.to(device)
     model.eval()
     if tokenizer is None:
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        except Exception as exc:  # a model without tokenizer files still works on token ids
-            warnings.warn(f"no tokenizer could be loaded from {name} ({exc}); only token ids will work",
-                          stacklevel=2)
-            tokenizer = None
-        # transformers 5 builds a tokenizer holding only special tokens when the vocabulary file is
-        # missing: every text would become [UNK]. Such a tokenizer is worse than none.
-        if tokenizer is not None and len(tokenizer) <= len(set(getattr(tokenizer, "all_special_ids", []) or [])):
-            warnings.warn(f"the tokenizer found for {name} has no vocabulary beyond special tokens; ignoring it "
-                          "(pass tokenizer=... to use text)", stacklevel=2)
-            tokenizer = None
+        tokenizer = _load_tokenizer(path, name, trust_remote_code)
     for key in ("allowed_tokens", "residue_separator", "max_length"):
         if key in meta and key not in wrap_kwargs:
             wrap_kwargs[key] = meta[key]
-    return wrap(model, tokenizer=tokenizer, family=fam, name_or_path=name, **wrap_kwargs)
+    return wrap(model, tokenizer=tokenizer, family=spec, name_or_path=name, **wrap_kwargs)

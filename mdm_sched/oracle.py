@@ -281,6 +281,63 @@ class TabularOracle(Oracle):
             q = nxt
         return q[(1 << n) - 1]
 
+    def _ordered_walk(self, model: Oracle, sizes: Sequence[int], order: str
+                      ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Every sequence's own path under the deterministic ordered sampler (:mod:`mdm_sched.policy`): the
+        log-probability of producing it with call sizes ``sizes``, and per call the true tokens' losses in rank
+        order at the state (``[S, N - K]``)."""
+        from .policy import position_scores
+
+        n, v = self.n_tokens, self.vocab_size
+        xs = self.all_sequences()
+        visible = torch.zeros(xs.shape, dtype=torch.bool)
+        logq = torch.zeros(xs.shape[0], dtype=torch.float64)
+        ranked = []
+        for k in sizes:
+            logp = model.conditionals(xs, visible).clamp_min(1e-300).log()  # [S, N, V]
+            score = position_scores(logp.reshape(-1, v), order).view(-1, n).masked_fill(visible, float("-inf"))
+            rank = score.argsort(dim=1, descending=True, stable=True)[:, :n - int(visible[0].sum())]
+            loss = -logp.gather(-1, xs.unsqueeze(-1)).squeeze(-1).gather(1, rank)
+            ranked.append(loss)
+            logq -= loss[:, :k].sum(1)
+            visible = visible.scatter(1, rank[:, :k], True)
+        return logq, ranked
+
+    def ordered_sampler_law(self, schedule: Schedule | Sequence[int], order: str = "confidence",
+                            model: Oracle | None = None) -> torch.Tensor:
+        """Exact output law of the deterministic ordered sampler (``order``: confidence = max probability,
+        margin, entropy; :mod:`mdm_sched.policy`) with ``schedule``, over all ``V^N`` sequences.
+
+        Each sequence determines its own path (the selection is a function of the visible tokens), so its
+        probability is the product of the model's conditionals along that path; the law sums to 1.
+        """
+        sched = schedule if isinstance(schedule, Schedule) else Schedule(schedule)
+        if sched.n_tokens != self.n_tokens:
+            raise ValueError(f"schedule reveals {sched.n_tokens} tokens but the oracle has n_tokens={self.n_tokens}")
+        return self._ordered_walk(self if model is None else model, sched.sizes, order)[0].exp()
+
+    def ordered_kl(self, schedule: Schedule | Sequence[int], order: str = "confidence",
+                   model: Oracle | None = None) -> float:
+        """Exact ``KL(pi || q)`` in nats for the deterministic ordered sampler's law ``q``."""
+        q = self.ordered_sampler_law(schedule, order, model)
+        p = self.probs
+        m = p > 0
+        return float((p[m] * (p[m].log() - q[m].clamp_min(1e-300).log())).sum())
+
+    def policy_table(self, order: str = "confidence", model: Oracle | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact ``CE_r(K)`` and its standard deviation over ``x ~ pi``, ``[N, N]`` each (NaN past rank ``N - K``):
+        the loss of the ``r``-th ranked position along the one-token-per-call teacher-forced path."""
+        n = self.n_tokens
+        _, ranked = self._ordered_walk(self if model is None else model, [1] * n, order)
+        mean, sd = np.full((n, n), np.nan), np.full((n, n), np.nan)
+        w = self.probs.unsqueeze(1)
+        for k, loss in enumerate(ranked):
+            m1 = (w * loss).sum(0)
+            m2 = (w * loss ** 2).sum(0)
+            mean[k, :n - k] = m1.numpy()
+            sd[k, :n - k] = (m2 - m1 ** 2).clamp_min(0).sqrt().numpy()
+        return mean, sd
+
     def kl(self, schedule: Schedule | Sequence[int], model: Oracle | None = None) -> float:
         """Exact ``KL(pi || q)`` in nats between the data law and the sampler's output law."""
         q = self.sampler_law(schedule, model)

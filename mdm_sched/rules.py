@@ -12,11 +12,16 @@ position of the block, hands the rule those statistics ranked by the order's sco
 (:class:`RankedStats`), and reveals the ``k`` top-ranked positions.
 
 To add a rule: subclass :class:`RevealRule`, set ``stats``, implement :meth:`~RevealRule.counts` (vectorised over
-rows) and :meth:`~RevealRule.planned_calls` (``None`` when the number of calls is not known in advance).
+rows) and :meth:`~RevealRule.planned_calls` (``None`` when the number of calls is not known in advance). To save it
+in a generation config, make :meth:`~RevealRule.describe` return its parameters and call :func:`register_rule`.
+
+Rules round-trip through JSON (:meth:`RevealRule.describe` / :func:`from_description`) and parse from the short
+text form the command line uses (:func:`parse_rule`: ``"threshold:0.9"``, ``"entropy_bound:gamma=0.5,max_calls=8"``).
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -28,7 +33,8 @@ if TYPE_CHECKING:
     from .schedules import Schedule
 
 __all__ = ["RevealRule", "FixedSchedule", "RankedStats", "Step", "STATISTICS", "ConfidenceThreshold", "ConfidenceFactor",
-           "EntropyBound", "threshold", "confidence_factor", "entropy_bound", "cap_counts"]
+           "EntropyBound", "threshold", "confidence_factor", "entropy_bound", "cap_counts", "RULES", "register_rule",
+           "from_description", "parse_rule"]
 
 #: Per-position statistics a rule may ask for (all under the temperature-1 model distribution):
 #: ``confidence`` = probability of the drawn token, ``entropy`` = entropy of the position's distribution.
@@ -98,8 +104,16 @@ class RevealRule(ABC):
         """``[B]`` number of positions each row reveals at this call, ``0 <= k <= step.remaining``."""
 
     def describe(self) -> dict[str, Any]:
-        """JSON-able description (name and parameters) recorded next to generated samples."""
+        """JSON-able description (name and parameters) recorded next to generated samples and saved in configs.
+
+        :func:`from_description` inverts it for registered rules (:func:`register_rule`).
+        """
         return {"rule": self.name}
+
+    @classmethod
+    def from_description(cls, params: Mapping[str, Any]) -> RevealRule:
+        """The rule from :meth:`describe`'s parameters (without ``"rule"``); default: ``cls(**params)``."""
+        return cls(**params)
 
 
 class FixedSchedule(RevealRule):
@@ -139,8 +153,22 @@ class FixedSchedule(RevealRule):
     def describe(self) -> dict[str, Any]:
         return {"rule": "schedule", "name": self.schedule.name, "sizes": list(self.schedule.sizes)}
 
+    @classmethod
+    def from_description(cls, params: Mapping[str, Any]) -> FixedSchedule:
+        from .schedules import Schedule
+
+        _only(params, ("sizes", "name"))
+        return cls(Schedule(params["sizes"], name=params.get("name")))
+
     def __repr__(self) -> str:
         return f"FixedSchedule({self.schedule!r})"
+
+
+def _only(params: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
+    """Refuse parameters a rule does not take (``from_description`` turns the TypeError into a clear message)."""
+    extra = sorted(set(params) - set(allowed))
+    if extra:
+        raise TypeError(f"unexpected parameter(s) {', '.join(extra)}; the rule takes {', '.join(allowed)}")
 
 
 def cap_counts(counts: torch.Tensor, step: Step, max_calls: int | None) -> torch.Tensor:
@@ -196,6 +224,14 @@ class ConfidenceThreshold(RevealRule):
     def describe(self) -> dict[str, Any]:
         floor = None if self.floor is None else list(self.floor.schedule.sizes)
         return {"rule": self.name, "tau": self.tau, "max_calls": self.max_calls, "min_schedule": floor}
+
+    @classmethod
+    def from_description(cls, params: Mapping[str, Any]) -> ConfidenceThreshold:
+        from .schedules import Schedule
+
+        _only(params, ("tau", "max_calls", "min_schedule"))
+        floor = params.get("min_schedule")
+        return cls(params["tau"], max_calls=params.get("max_calls"), min_schedule=None if floor is None else Schedule(floor))
 
     def __repr__(self) -> str:
         return f"threshold(tau={self.tau:g})"
@@ -281,3 +317,79 @@ def confidence_factor(factor: float, *, max_calls: int | None = None) -> Confide
 def entropy_bound(gamma: float, *, max_calls: int | None = None) -> EntropyBound:
     """EB-Sampler's entropy bound as a reveal rule (see :class:`EntropyBound`)."""
     return EntropyBound(gamma, max_calls=max_calls)
+
+
+# ------------------------------------------------------------------------------------------------
+# Saving and parsing rules
+# ------------------------------------------------------------------------------------------------
+
+#: Rules that can be rebuilt from :meth:`RevealRule.describe`, by their ``describe()["rule"]`` name.
+RULES: dict[str, type[RevealRule]] = {"schedule": FixedSchedule, "threshold": ConfidenceThreshold,
+                                      "factor": ConfidenceFactor, "entropy_bound": EntropyBound}
+#: The parameter a rule's short text form (``"threshold:0.9"``) sets, and other names users type for the rule.
+_MAIN_PARAMETER = {"threshold": "tau", "factor": "factor", "entropy_bound": "gamma"}
+_ALIASES = {"confidence_factor": "factor", "confidence_threshold": "threshold", "eb": "entropy_bound"}
+
+
+def register_rule(cls: type[RevealRule], *, main_parameter: str | None = None) -> type[RevealRule]:
+    """Make a custom rule class savable in configs (by its ``name``); usable as a class decorator.
+
+    ``main_parameter`` names the parameter set by the text form ``"name:value"`` (command line).
+    """
+    if not (isinstance(cls, type) and issubclass(cls, RevealRule)):
+        raise TypeError(f"register_rule takes a RevealRule subclass, got {cls!r}")
+    RULES[cls.name] = cls
+    if main_parameter is not None:
+        _MAIN_PARAMETER[cls.name] = main_parameter
+    return cls
+
+
+def from_description(data: Mapping[str, Any]) -> RevealRule:
+    """The rule :meth:`RevealRule.describe` described (``{"rule": name, **parameters}``)."""
+    if not isinstance(data, Mapping) or "rule" not in data:
+        raise ValueError(f"a rule description is a JSON object with a 'rule' name, got {data!r}")
+    name = _ALIASES.get(data["rule"], data["rule"])
+    if name not in RULES:
+        raise ValueError(f"unknown reveal rule {data['rule']!r}; known: {', '.join(RULES)} (custom rules must be "
+                         "registered with mdm_sched.rules.register_rule before loading)")
+    params = {k: v for k, v in data.items() if k != "rule"}
+    try:
+        return RULES[name].from_description(params)
+    except (TypeError, KeyError) as exc:
+        raise ValueError(f"bad parameters for reveal rule {name!r}: {params!r} ({exc})") from exc
+
+
+def _parse_value(text: str) -> Any:
+    if text.lower() in ("none", "null", ""):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    raise ValueError(f"rule parameter {text!r} must be a number or none")
+
+
+def parse_rule(text: str) -> RevealRule:
+    """A rule from its text form ``"name:value"`` or ``"name:key=value,key=value"``.
+
+    ``"threshold:0.9"`` is ``threshold(0.9)``, ``"factor:1"`` is ``confidence_factor(1.0)``,
+    ``"entropy_bound:gamma=0.5,max_calls=8"`` is ``entropy_bound(0.5, max_calls=8)``.
+    """
+    name, _, rest = str(text).partition(":")
+    name = _ALIASES.get(name.strip(), name.strip())
+    if name not in RULES or name == "schedule":
+        raise ValueError(f"unknown reveal rule {name!r} in {text!r}; use one of "
+                         f"{', '.join(n + ':VALUE' for n in _MAIN_PARAMETER)} (e.g. threshold:0.9)")
+    params: dict[str, Any] = {}
+    for i, item in enumerate(p.strip() for p in rest.split(",") if p.strip()):
+        key, eq, value = item.partition("=")
+        if not eq:
+            if i or name not in _MAIN_PARAMETER:
+                raise ValueError(f"rule {text!r}: write further parameters as key=value (e.g. max_calls=16)")
+            key, value = _MAIN_PARAMETER[name], item
+        params[key.strip()] = _parse_value(value.strip())
+    main = _MAIN_PARAMETER.get(name)
+    if main is not None and main not in params:
+        raise ValueError(f"rule {text!r} needs its parameter: e.g. {name}:0.9 or {name}:{main}=0.9")
+    return from_description({"rule": name, **params})

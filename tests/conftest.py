@@ -20,6 +20,23 @@ import torch
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def pytest_report_header(config):
+    import transformers
+
+    return f"transformers {transformers.__version__}, torch {torch.__version__}"
+
+
+def pytest_sessionstart(session):
+    """Under scripts/test_compat.sh the run must see the transformers release it was started for."""
+    expected = os.environ.get("MDM_SCHED_EXPECT_TRANSFORMERS")
+    if expected:
+        import transformers
+
+        if transformers.__version__ != expected:
+            raise pytest.UsageError(f"MDM_SCHED_EXPECT_TRANSFORMERS={expected} but transformers "
+                                    f"{transformers.__version__} is imported from {transformers.__file__}")
+
+
 @pytest.fixture(scope="session")
 def sapiens_vh_dir():
     """HF directory of the converted Sapiens VH model (converted once per cache)."""

@@ -38,6 +38,24 @@ def test_human_vh_germlines_are_clean_unique_proteins():
 
 
 @needs_anarci
+def test_gapped_germlines_keep_the_imgt_positions():
+    gapped = data.germline_records("human", "H", split="test", gapped=True)
+    plain = data.germline_records("human", "H", split="test")
+    # the same records in the same order; only the IMGT gaps differ
+    assert [n for n, _ in gapped] == [n for n, _ in plain]
+    assert [g.replace(data.IMGT_GAP, "") for _, g in gapped] == [s for _, s in plain]
+    assert all(len(g) == 128 for _, g in gapped)  # one character per IMGT position
+    for _, g in gapped:
+        numbers = data.imgt_numbers(g)
+        assert len(numbers) == len(g.replace("-", "")) and numbers == sorted(set(numbers))
+        # the conserved cysteines of a VH domain sit at IMGT 23 and 104, the tryptophan at 41
+        assert g[23 - 1] == "C" and g[41 - 1] == "W" and g[104 - 1] == "C", g
+    assert data.imgt_numbers("QV-Q") == [1, 2, 4] and data.imgt_numbers("") == []
+    with pytest.raises(TypeError, match="IMGT-gapped"):
+        data.imgt_numbers(["Q"])
+
+
+@needs_anarci
 def test_kl_is_kappa_plus_lambda():
     kappa, lam, both = data.germlines("human", "K"), data.germlines("human", "L"), data.germlines("human", "KL")
     assert kappa and lam
@@ -106,7 +124,8 @@ def test_load_source_germlines():
     ds = data.load_source("antibody-germlines:human:H")
     assert isinstance(ds, datasets.Dataset)
     assert ds["text"] == data.germlines("human", "H")
-    assert set(ds.column_names) == {"text", "name"}
+    assert set(ds.column_names) == {"text", "name", "imgt"}
+    assert [g.replace("-", "") for g in ds["imgt"]] == ds["text"]
     test = data.load_source("antibody-germlines:human:KL:test")
     assert test["text"] == data.germlines("human", "KL", split="test")
     assert data.load_source("antibody-germlines:human:H", split="train")["text"] == \

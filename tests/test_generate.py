@@ -138,7 +138,7 @@ def test_seeded_runs_reproduce():
 # --------------------------------------------------------------------------------------------------
 
 def llada_reference(model: nn.Module, prompt: torch.Tensor, gen_length: int, block_length: int, steps: int,
-                    mask_id: int, quota=None) -> torch.Tensor:
+                    mask_id: int, quota=None, cfg_scale: float = 0.0) -> torch.Tensor:
     """LLaDA (Nie et al. 2025), Algorithm 'low-confidence remasking', written from the paper's description:
     semi-autoregressive blocks; in each block the masked count is split evenly over the steps (remainder
     to the first steps); at each step the model predicts every masked position (argmax, temperature 0),
@@ -157,6 +157,11 @@ def llada_reference(model: nn.Module, prompt: torch.Tensor, gen_length: int, blo
         for i in range(steps):
             mask_index = x == mask_id
             logits = model(x).logits.double()
+            if cfg_scale > 0:  # unsupervised CFG: the prompt masked in a second pass
+                un_x = x.clone()
+                un_x[:, :p] = mask_id
+                un = model(un_x).logits.double()
+                logits = un + (cfg_scale + 1) * (logits - un)
             logits[..., mask_id] = float("-inf")  # a prediction is a real token
             prob = torch.softmax(logits, dim=-1)
             x0 = logits.argmax(-1)
@@ -178,6 +183,18 @@ def test_confidence_order_equals_llada_reference(gen_length, block_length, steps
                       order="confidence", temperature=0.0)
     assert torch.equal(out.sequences, want)
     assert out.nfe == steps * (gen_length // block_length)
+
+
+@pytest.mark.parametrize("cfg_scale", [0.5, 2.0])
+def test_classifier_free_guidance_equals_llada_reference(cfg_scale):
+    model = TinyLLaDA(seed=6)
+    prompt = torch.tensor([[5, 6, 7, 8], [1, 2, 3, 4]])
+    want = llada_reference(model, prompt, 12, 4, 2, mask_id=39, cfg_scale=cfg_scale)
+    out = ms.generate(model, prompt, gen_length=12, block_length=4, schedule=2, order="confidence", temperature=0,
+                      cfg_scale=cfg_scale)
+    assert torch.equal(out.sequences, want)
+    plain = ms.generate(model, prompt, gen_length=12, block_length=4, schedule=2, order="confidence", temperature=0)
+    assert not torch.equal(plain.sequences, want)  # guidance changes the output here
 
 
 def test_optimal_schedule_inside_llada_loop_equals_generate():
@@ -354,6 +371,59 @@ def test_stop_at_eos_fills_and_stops_calling():
     assert without.nfe == 10
 
 
+def test_stop_at_eos_takes_a_list_of_ids():
+    out = ms.generate(_EosModel(), gen_length=10, schedule=10, num_samples=2, order="confidence", temperature=0.0,
+                      stop_at_eos=[3, 7])
+    assert (out.sequences[:, 5] == 7).all() and (out.sequences[:, 6:] == 3).all() and out.nfe == 6  # first id fills
+    with pytest.raises(ValueError, match="not a token id"):
+        ms.generate(_EosModel(), gen_length=4, schedule=2, stop_at_eos=[7, 99])
+    with pytest.raises(ValueError, match="stop_at_eos"):
+        ms.generate(_EosModel(), gen_length=4, schedule=2, stop_at_eos=[])
+
+
+class _CountingModel(nn.Module):
+    """Position i predicts token i + 1, more confidently further left (confidence order fills left to right)."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(()))
+        self.config = SimpleNamespace(vocab_size=14, mask_token_id=13, eos_token_id=12)
+
+    def forward(self, input_ids, attention_mask=None):
+        b, l = input_ids.shape
+        logits = torch.zeros(b, l, 14)
+        idx = torch.arange(l)
+        logits[:, idx, (idx % 10) + 1] = 10.0 - 0.1 * idx
+        return SimpleNamespace(logits=logits + self.anchor)
+
+
+def _word_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"w{i}": i for i in range(12)} | {"</s>": 12, "[MASK]": 13}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", mask_token="[MASK]", unk_token="w0")
+
+
+def test_stop_strings_finish_rows():
+    model = ms.wrap(_CountingModel(), tokenizer=_word_tokenizer())
+    out = ms.generate(model, gen_length=10, schedule=10, order="confidence", temperature=0, stop_strings=["w3 w4"])
+    assert out.generated[0].tolist() == [1, 2, 3, 4] + [12] * 6 and out.nfe == 4
+    assert out.texts[0] == "w1 w2 w3 w4"
+    special = ms.generate(model, gen_length=10, schedule=10, order="confidence", temperature=0, stop_strings=["</s>"],
+                          logits_processor=lambda ids, s, positions: s.index_put((positions == 2, torch.tensor(12)),
+                                                                                 torch.tensor(99.0)))
+    assert special.generated[0].tolist()[:3] == [1, 2, 12] and special.nfe == 3  # a special-token stop string
+    none = ms.generate(model, gen_length=10, schedule=10, order="confidence", temperature=0, stop_strings=["w9 w1"])
+    assert none.nfe == 10
+    with pytest.raises(ValueError, match="stop_strings"):
+        ms.generate(model, gen_length=4, schedule=2, stop_strings=[""])
+    with pytest.raises(ValueError, match="tokenizer"):
+        ms.generate(_CountingModel(), gen_length=4, schedule=2, stop_strings=["w1"])
+
+
 def test_texts_decoded_with_a_tokenizer():
     if not ms.assets.available().get("sapiens-vh"):
         pytest.skip("sapiens not installed")
@@ -431,7 +501,7 @@ def test_bad_input_errors():
 def test_nan_or_inf_logits_stop_generation(bad):
     class Broken(TinyLLaDA):
         def forward(self, input_ids, attention_mask=None):
-            out = super().forward(input_ids, attention_mask)
+            out = super().forward(input_ids, attention_mask=attention_mask)
             return SimpleNamespace(logits=out.logits.masked_fill(input_ids.unsqueeze(-1) == 39, bad))
 
     with pytest.raises(ValueError, match="NaN or \\+inf"):

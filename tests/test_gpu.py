@@ -35,3 +35,35 @@ def test_profile_bf16_on_cuda_matches_cpu_within_error():
     cpu = ms.estimate_profile(ms.load_masked_lm("sapiens-vh"), heldout, **kw)
     z = np.abs(gpu.ce - cpu.ce) / np.hypot(gpu.se, cpu.se)
     assert np.all(np.isfinite(gpu.ce)) and z.max() < 3, z
+
+
+@needs_cuda
+def test_kv_cache_on_cuda_is_exact_for_a_causal_model():
+    """cache="prefix"/"dual" on the GPU: the same tokens as without a cache when no column sees later ones."""
+    from test_cache import KVLM, PROMPTS
+
+    model = KVLM(seed=1, causal=True).float().cuda()
+    kw = dict(gen_length=24, block_length=8, schedule=4, order="confidence", temperature=1.0, num_samples=2)
+    plain = ms.generate(model, PROMPTS, generator=torch.Generator().manual_seed(0), **kw)
+    for mode in ("prefix", "dual"):
+        cached = ms.generate(model, PROMPTS, generator=torch.Generator().manual_seed(0), cache=mode, **kw)
+        assert torch.equal(cached.sequences, plain.sequences) and cached.nfe == plain.nfe
+
+
+@needs_cuda
+def test_bf16_full_logits_rows_on_cuda_draw_like_float32():
+    """bf16 logits rows converted chunk by chunk on the GPU draw exactly as the float32 copy of the same rows."""
+    from mdm_sched.draw import SamplingParams, draw_tokens
+    from mdm_sched.logit_rows import LogitRows
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    source = (torch.randn(64, 126464, device="cuda", generator=g) * 3).bfloat16()
+    index = torch.randperm(64, device="cuda", generator=g)[:40]
+    never = torch.zeros(126464, dtype=torch.bool, device="cuda")
+    never[126336] = True
+    u = torch.rand(40, dtype=torch.float64, device="cuda", generator=g)
+    want = source[index].float().masked_fill(never, float("-inf"))
+    for params in (SamplingParams(0.0), SamplingParams(1.0)):
+        a = draw_tokens(LogitRows(source.clone(), index, never), params, u)
+        b = draw_tokens(want.clone(), params, u)
+        assert torch.equal(a.tokens, b.tokens) and torch.equal(a.logp, b.logp)

@@ -14,7 +14,7 @@ def test_transformers_logits_processor_applies_to_drawn_positions():
     from transformers import LogitsProcessorList, SuppressTokensLogitsProcessor
 
     banned = list(range(0, 30))
-    proc = LogitsProcessorList([SuppressTokensLogitsProcessor(banned, device="cpu")])
+    proc = LogitsProcessorList([SuppressTokensLogitsProcessor(banned)])  # no device=: 4.38 lacks it, later ones default to cpu
     out = ms.generate(TinyLLaDA(seed=1), [[31, 32]], gen_length=8, schedule=4, num_samples=4, logits_processor=proc,
                       generator=torch.Generator().manual_seed(0))
     assert not torch.isin(out.generated, torch.tensor(banned)).any() and (out.generated != MASK).all()

@@ -1,4 +1,4 @@
-"""Metrics against the exact computations of the oracles (THEORY.md sections 3 and 6)."""
+"""Metrics against the exact computations of the oracles (docs/theory.md §3 and §6)."""
 from __future__ import annotations
 
 import math

@@ -4,6 +4,7 @@ The tiny random models defined here (LLaDA-like, Dream-like, BERT/RoBERTa) are r
 """
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import warnings
@@ -21,7 +22,7 @@ from mdm_sched.models import LLADA_MASK_TOKEN_ID, detect_family, load_masked_lm,
 # --------------------------------------------------------------------------------------------------
 
 class _Block(nn.Module):
-    """Pre-LN transformer block with an additive attention bias."""
+    """Pre-LN transformer block; its attention is ``scaled_dot_product_attention`` with the caller's mask as is."""
 
     def __init__(self, d: int, heads: int) -> None:
         super().__init__()
@@ -30,11 +31,11 @@ class _Block(nn.Module):
         self.qkv, self.o = nn.Linear(d, 3 * d), nn.Linear(d, d)
         self.ff = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
 
-    def forward(self, h: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
         b, l, d = h.shape
         q, k, v = self.qkv(self.n1(h)).view(b, l, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d // self.heads) + bias, dim=-1)
-        h = h + self.o((att @ v).transpose(1, 2).reshape(b, l, d))
+        att = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        h = h + self.o(att.transpose(1, 2).reshape(b, l, d))
         return h + self.ff(self.n2(h))
 
 
@@ -52,18 +53,20 @@ class _Tiny(nn.Module):
                 p.copy_(torch.randn(p.shape, generator=g) * (1.0 if p.ndim == 1 else 1.0 / math.sqrt(p.shape[-1])))
             self.lm_head.weight.mul_(3.0)
 
-    def _key_bias(self, attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | float:
-        if attention_mask is None:
-            return 0.0
-        return (1.0 - attention_mask[:, None, None, :].to(dtype)) * -1e9
+    def _logits(self, h: torch.Tensor, attn_mask: torch.Tensor | None) -> SimpleNamespace:
+        for blk in self.blocks:
+            h = blk(h, attn_mask)
+        return SimpleNamespace(logits=self.lm_head(self.norm(h)))
 
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head
 
 
 class TinyLLaDA(_Tiny):
-    """LLaDA-shaped: bidirectional, ``forward(input_ids, attention_mask=None) -> .logits``; a relative position
-    bias (translation invariant, like RoPE), so left padding under an attention mask changes nothing."""
+    """Takes what LLaDA's ``LLaDAModelLM.forward`` takes (no ``position_ids``): a ``[B, L]`` padding mask,
+    turned into an additive key bias the way LLaDA's code does it (``view(B, -1)[:, None, None, :]``, so any
+    other mask shape fails as it would there); a relative position bias (translation invariant, like RoPE),
+    so left padding under an attention mask changes nothing."""
 
     def __init__(self, vocab_size: int = 40, mask_token_id: int = 39, d: int = 32, heads: int = 2, layers: int = 2,
                  max_len: int = 64, seed: int = 0, eos_token_id: int | None = None) -> None:
@@ -73,19 +76,26 @@ class TinyLLaDA(_Tiny):
                                       mask_token_id=mask_token_id, max_sequence_length=max_len,
                                       eos_token_id=eos_token_id)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> SimpleNamespace:
-        l = input_ids.shape[1]
+    def forward(self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, attention_bias: torch.Tensor | None = None,
+                past_key_values: object = None, labels: object = None, use_cache: bool | None = None,
+                output_attentions: bool | None = None, output_hidden_states: bool | None = None,
+                return_dict: bool | None = None) -> SimpleNamespace:
+        b, l = input_ids.shape
         pos = torch.arange(l, device=input_ids.device)
-        rel = (pos[None, :] - pos[:, None]) + self.max_len - 1
         h = self.emb(input_ids)
-        bias = self.rel[:, rel].unsqueeze(0).to(h.dtype) + self._key_bias(attention_mask, h.dtype)
-        for blk in self.blocks:
-            h = blk(h, bias)
-        return SimpleNamespace(logits=self.lm_head(self.norm(h)))
+        bias = self.rel[:, (pos[None, :] - pos[:, None]) + self.max_len - 1].unsqueeze(0).to(h.dtype)
+        if attention_mask is not None and 0.0 in attention_mask:
+            keys = attention_mask.to(dtype=torch.float).view(b, -1)[:, None, None, :]
+            bias = bias + ((1.0 - keys) * torch.finfo(torch.float).min).to(h.dtype)
+        return self._logits(h, bias)
 
 
 class TinyDream(_Tiny):
-    """Dream-shaped: absolute positions from ``position_ids``; the logits at position i predict token i + 1."""
+    """Takes what Dream's ``DreamModel.forward`` takes: ``attention_mask`` is ``None``, ``"full"`` or the boolean
+    ``[B, 1, L, L]`` mask that Dream's ``diffusion_generate`` builds, handed to ``scaled_dot_product_attention``
+    unchanged (so a ``[B, L]`` integer mask fails exactly as it does there); ``position_ids`` are Dream's
+    ``tok_idx`` (absolute position embeddings here, so wrong ids show). The logits at position i predict token i + 1."""
 
     def __init__(self, vocab_size: int = 40, mask_token_id: int = 39, d: int = 32, heads: int = 2, layers: int = 2,
                  max_len: int = 64, seed: int = 0) -> None:
@@ -96,15 +106,16 @@ class TinyDream(_Tiny):
         self.config = SimpleNamespace(model_type="Dream", architectures=["DreamModel"], vocab_size=vocab_size,
                                       mask_token_id=mask_token_id, max_position_embeddings=max_len)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None) -> SimpleNamespace:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | str | None = None,
+                position_ids: torch.Tensor | None = None, past_key_values: object = None,
+                inputs_embeds: torch.Tensor | None = None, labels: object = None, use_cache: bool | None = None,
+                output_attentions: bool | None = None, output_hidden_states: bool | None = None,
+                return_dict: bool | None = None, cache_position: torch.Tensor | None = None,
+                num_logits_to_keep: int = 0, **loss_kwargs: object) -> SimpleNamespace:
         if position_ids is None:
             position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
         h = self.emb(input_ids) + self.pos(position_ids)
-        bias = self._key_bias(attention_mask, h.dtype)
-        for blk in self.blocks:
-            h = blk(h, bias)
-        return SimpleNamespace(logits=self.lm_head(self.norm(h)))
+        return self._logits(h, attention_mask if isinstance(attention_mask, torch.Tensor) else None)
 
 
 BERT_SPECIAL = {"pad": 0, "cls": 1, "sep": 2, "mask": 3}
@@ -220,7 +231,7 @@ def test_positions_only_logits_match_full_and_skip_the_head_elsewhere():
     pos = ids == 3
     full = mlm.logits(ids)
     first = mlm.logits(ids, positions=pos)  # first call: verifies the head shortcut against full logits
-    assert mlm._head_verified
+    assert mlm.head.verified
     seen = []
     hook = mlm.model.cls.register_forward_hook(lambda m, inp, out: seen.append(tuple(out.shape)))
     try:
@@ -236,7 +247,7 @@ def test_positions_only_logits_match_full_and_skip_the_head_elsewhere():
 def test_positions_only_falls_back_when_the_model_post_processes_logits():
     class Scaled(TinyLLaDA):
         def forward(self, input_ids, attention_mask=None):
-            out = super().forward(input_ids, attention_mask)
+            out = super().forward(input_ids, attention_mask=attention_mask)
             return SimpleNamespace(logits=out.logits * 0.5)  # invisible to the adapter: must be detected
 
     mlm = wrap(Scaled())
@@ -257,6 +268,34 @@ def test_dream_logits_are_shifted():
     want = torch.cat([raw[:, :1], raw[:, :-1]], dim=1)  # position j reads the logits of j-1 (row start: itself)
     want[..., 39] = float("-inf")
     _finite_close(got, want)
+
+
+def test_tiny_models_take_only_what_the_published_code_takes():
+    """The test models fail on the inputs the real LLaDA/Dream code fails on, so the adapter tests bite."""
+    ids = torch.tensor([[0, 5, 39]])
+    padding = torch.tensor([[0, 1, 1]])
+    with pytest.raises(RuntimeError, match="attn_mask dtype"):  # Dream hands its mask to SDPA unchanged
+        TinyDream()(ids, attention_mask=padding)
+    pairwise = (padding.bool()[:, None, :, None] & padding.bool()[:, None, None, :])
+    assert TinyDream()(ids, attention_mask=pairwise, position_ids=torch.tensor([[1, 0, 1]])).logits.shape == (1, 3, 40)
+    with pytest.raises(RuntimeError):  # LLaDA views its mask as [B, L]: a pairwise one does not fit
+        TinyLLaDA()(ids, attention_mask=pairwise.long())
+    assert "position_ids" not in inspect.signature(TinyLLaDA.forward).parameters
+
+
+def test_dream_batch_gets_the_pairwise_mask_and_tok_idx():
+    """What Dream's diffusion_generate passes for left-padded rows: a [B, 1, L, L] boolean mask and tok_idx."""
+    model = TinyDream().double()
+    seen = []
+    model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs), with_kwargs=True)
+    ids = torch.tensor([[5, 39, 7, 39], [0, 0, 6, 39]])
+    attn = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])
+    wrap(model, positions_only=False).logits(ids, attn)
+    mask, pos = seen[-1]["attention_mask"], seen[-1]["position_ids"]
+    real = attn.bool()
+    assert mask.dtype == torch.bool and mask.shape == (2, 1, 4, 4)
+    assert torch.equal(mask, real[:, None, :, None] & real[:, None, None, :])
+    assert pos[0].tolist() == [0, 1, 2, 3] and pos[1, 2:].tolist() == [0, 1]  # 0 on each row's first real token
 
 
 def test_dream_left_padding_uses_position_ids():
@@ -378,3 +417,68 @@ def test_antiberty_adapter():
     assert len(ids[0]) == 9 and mlm.tokenizer.unk_token_id not in ids[0]
     assert mlm.decode(ids) == ["EVQLVESGG"]
     assert sorted(mlm.tokenizer.convert_ids_to_tokens(mlm.allowed_ids.tolist())) == sorted(ms.assets.AMINO_ACIDS)
+
+
+# --------------------------------------------------------------------------------------------------
+# adapters cached per module
+# --------------------------------------------------------------------------------------------------
+
+def test_wrap_returns_the_cached_adapter_for_the_same_arguments():
+    model = TinyLLaDA()
+    a = wrap(model)
+    assert wrap(model) is a and ms.wrap(model, mask_token_id=None) is a
+    assert wrap(model, suppress_tokens=[1, 2]) is wrap(model, suppress_tokens=[1, 2])  # list arguments key too
+    assert wrap(model, suppress_tokens=[1, 2]) is not a
+    assert wrap(model, mask_token_id=5) is not a and wrap(model, mask_token_id=5).mask_token_id == 5
+    assert wrap(model, family="module") is not a
+    assert wrap(TinyLLaDA()) is not a  # another module, another adapter
+    assert wrap(model, suppress_tokens=iter([1])) is not wrap(model, suppress_tokens=iter([1]))  # one-shot: not cached
+
+
+def test_repeated_generate_hashes_and_verifies_once(monkeypatch):
+    import mdm_sched.heads as heads_mod
+    import mdm_sched.models as models_mod
+
+    counts = {"hash": 0, "verify": 0}
+    real_hash, real_match = models_mod.config_hash, heads_mod._head_matches
+
+    def count(name, fn):
+        def wrapped(*args):
+            counts[name] += 1
+            return fn(*args)
+        return wrapped
+
+    monkeypatch.setattr(models_mod, "config_hash", count("hash", real_hash))
+    monkeypatch.setattr(heads_mod, "_head_matches", count("verify", real_match))
+    model = TinyLLaDA()
+    widths: list[int] = []  # sequence width of every forward
+    model.register_forward_pre_hook(lambda m, args: widths.append(args[0].shape[1]))
+    outs, per_call = [], []
+    for _ in range(2):
+        widths.clear()
+        outs.append(ms.generate(model, gen_length=24, schedule=4, order="confidence",
+                                generator=torch.Generator().manual_seed(0)))
+        per_call.append(list(widths))
+    assert counts == {"hash": 1, "verify": 1}
+    # the first call adds one 16-token head probe to the 4 forwards; the second makes only the 4
+    assert per_call[0] == [16, 24, 24, 24, 24] and per_call[1] == [24, 24, 24, 24]
+    assert torch.equal(outs[0].sequences, outs[1].sequences)
+
+
+def test_cached_adapter_does_not_keep_the_module_alive():
+    import copy
+    import gc
+    import io
+    import weakref
+
+    model = TinyLLaDA()
+    mlm = wrap(model)
+    clone = copy.deepcopy(model)
+    assert wrap(clone) is not mlm and wrap(clone).model is clone  # copies start without adapters
+    shallow = copy.copy(model)
+    assert wrap(shallow).model is shallow and wrap(model) is mlm
+    torch.save(model, io.BytesIO())  # adapters are not pickled with the module
+    ref = weakref.ref(model)
+    del model, mlm, shallow
+    gc.collect()
+    assert ref() is None

@@ -1,4 +1,4 @@
-"""Exact oracles: conditionals, profiles, the sampler's exact law and the identity of THEORY.md section 3."""
+"""Exact oracles: conditionals, profiles, the sampler's exact law and the identity of docs/theory.md §3."""
 from __future__ import annotations
 
 import itertools

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -16,17 +17,9 @@ import torch
 
 import mdm_sched as ms
 from mdm_sched import schedules
+from mdm_sched.cli import add_profile_arguments, add_schedule_arguments, profile_command, schedule_command
 from mdm_sched.oracle import MarkovChainOracle, TabularOracle
-from mdm_sched.profile import (
-    InformationProfile,
-    add_profile_arguments,
-    add_schedule_arguments,
-    default_levels,
-    estimate_profile,
-    isotonic_nonincreasing,
-    profile_command,
-    schedule_command,
-)
+from mdm_sched.profile import InformationProfile, default_levels, estimate_profile, isotonic_nonincreasing
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -227,6 +220,8 @@ def _dist_run(accelerator=None):
                             checkpoint_every=2, accelerator=accelerator)
 
 
+# The launched script owns its process group: it creates it (the library never does), and every process
+# waits for the others and destroys it before exiting (exiting with a live gloo group can abort).
 _DIST_SCRIPT = """
 import sys, torch
 sys.path.insert(0, {here!r})
@@ -237,11 +232,18 @@ if sys.argv[2] == "accelerate":
     acc = Accelerator(cpu=True)  # gloo process group across the launched CPU processes
     assert acc.num_processes == 2, acc.num_processes
     p = _dist_run(acc)
+    if acc.is_main_process:
+        p.save(sys.argv[1])
+    acc.wait_for_everyone()
+    acc.end_training()  # destroys the process group
 else:
+    import torch.distributed as dist
+    dist.init_process_group("gloo")  # from torchrun's environment
     p = _dist_run()
-import torch.distributed as dist
-if dist.get_rank() == 0:
-    p.save(sys.argv[1])
+    if dist.get_rank() == 0:
+        p.save(sys.argv[1])
+    dist.barrier()
+    dist.destroy_process_group()
 """
 
 
@@ -272,6 +274,128 @@ def test_two_processes_equal_one(tmp_path, launcher):
     a, b = _dist_run(), InformationProfile.load(two)
     assert b.metadata["processes"] == 2 and a.metadata["processes"] == 1
     assert a == b  # every (batch, level) entry is computed by one process: the reduction is exact
+
+
+# -- stop rules: the plan that sizes the progress bar is the run ------------------------------------
+
+class _Bar:
+    """Records what estimate_profile tells its progress bar (stands in for tqdm)."""
+
+    made: ClassVar[list[_Bar]] = []
+
+    def __init__(self, total=None, initial=0, **_):
+        self.total, self.n, self.totals = total, initial, [total]
+        _Bar.made.append(self)
+
+    def update(self, k):
+        self.n += k
+
+    def refresh(self):
+        self.totals.append(self.total)
+
+    def close(self):
+        pass
+
+
+def _counting_forward(monkeypatch):
+    calls = {"n": 0}
+    original = MarkovChainOracle.forward
+
+    def counting(self, *a, **k):
+        calls["n"] += 1
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(MarkovChainOracle, "forward", counting)
+    return calls
+
+
+@pytest.mark.filterwarnings("ignore:estimate_profile.*did not reach target_se")
+@pytest.mark.parametrize("stop", [dict(tokens_per_level=700), dict(tokens_per_level=5000, max_batches=11),
+                                  dict(target_se=0.03), dict(target_se=0.001, max_batches=9)])
+def test_planned_forwards_equal_the_forwards_run(chain, monkeypatch, stop):
+    import tqdm.auto
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", _Bar)
+    _Bar.made.clear()
+    calls = _counting_forward(monkeypatch)
+    data = chain.sample(150, torch.Generator().manual_seed(1))
+    prof = estimate_profile(chain, data, levels=5, batch_size=16, checkpoint_every=3, progress=True, **stop)
+    (bar,) = _Bar.made
+    forwards = prof.metadata["forwards"]
+    assert calls["n"] == forwards and bar.n == forwards and bar.totals[-1] == forwards
+    if "tokens_per_level" in stop:  # counts only: every round is planned before the first forward
+        assert set(bar.totals) == {forwards}
+    else:  # the measured spread decides: each total adds the next round, never more than will run
+        assert bar.totals == sorted(bar.totals) and bar.totals[0] == 5 * 3 < forwards
+
+
+def test_planned_forwards_after_resume(chain, tmp_path, monkeypatch):
+    import tqdm.auto
+
+    from mdm_sched.estimate import BatchGrid, TokensPerLevel, planned_forwards
+
+    data = chain.sample(150, torch.Generator().manual_seed(1))
+    kw = dict(levels=5, batch_size=16, tokens_per_level=700, checkpoint_every=2)
+    full = estimate_profile(chain, data, progress=False, **kw)
+    original = MarkovChainOracle.forward
+    calls = {"n": 0}
+
+    def flaky(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] > 17:
+            raise KeyboardInterrupt("simulated crash")
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(MarkovChainOracle, "forward", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        estimate_profile(chain, data, checkpoint=tmp_path / "ck.npz", progress=False, **kw)
+    monkeypatch.setattr(MarkovChainOracle, "forward", original)
+    monkeypatch.setattr(tqdm.auto, "tqdm", _Bar)
+    _Bar.made.clear()
+    calls = _counting_forward(monkeypatch)
+    resumed = estimate_profile(chain, data, checkpoint=tmp_path / "ck.npz", progress=True, **kw)
+    (bar,) = _Bar.made
+    assert resumed == full and bar.totals == [full.metadata["forwards"]] * len(bar.totals)
+    assert 0 < bar.totals[0] - calls["n"] < full.metadata["forwards"]  # started from the checkpoint's count
+    # the rule on its own: tokens sums alone decide, batch by batch within a round
+    from mdm_sched.estimate import Accumulator
+
+    grid = BatchGrid(n_rows=150, batch_size=16, scored_per_row=np.array([16, 8, 1]))
+    active = TokensPerLevel(100).active(Accumulator(3), grid, range(0, 20))
+    np.testing.assert_array_equal(active.sum(0), [1, 1, 7])  # ceil(100 / (16 * scored))
+    assert planned_forwards(TokensPerLevel(100), Accumulator(3), grid, 0, None, 4) == 9
+    assert planned_forwards(TokensPerLevel(100), Accumulator(3), grid, 0, 3, 4) == 3 + 1 + 1  # capped at 3 batches
+
+
+# -- processes: no hidden process group -----------------------------------------------------------
+
+def test_stray_world_size_is_an_error_at_once(chain, monkeypatch):
+    from types import SimpleNamespace
+
+    from mdm_sched.distributed import DistContext, launched_state
+
+    data = chain.sample(20, torch.Generator().manual_seed(0))
+    calls = _counting_forward(monkeypatch)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for var in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ValueError, match=r"WORLD_SIZE=2 .*accelerator=accelerate\.PartialState\(\).*unset WORLD_SIZE"):
+        estimate_profile(chain, data, levels=2, tokens_per_level=50, progress=False)
+    assert calls["n"] == 0  # refused before any work, and without waiting for peers
+    with pytest.raises(ValueError, match=r"cpu=True"):  # an accelerator that did not see the launch
+        DistContext.resolve(SimpleNamespace(num_processes=1, process_index=0))
+    with pytest.raises(ValueError, match=r"not started by torchrun.*MASTER_ADDR"):  # the CLI's entry
+        launched_state(cpu=True)
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(ValueError, match="not an integer"):
+        DistContext.resolve()
+    monkeypatch.delenv("WORLD_SIZE")
+    with pytest.raises(TypeError, match=r"Accelerator or accelerate\.PartialState"):
+        DistContext.resolve(object())
+    assert DistContext.resolve() == DistContext(world=1, rank=0) and launched_state(cpu=True) is None
+    one = estimate_profile(chain, data, levels=2, tokens_per_level=50, progress=False,
+                           accelerator=SimpleNamespace(num_processes=1, process_index=0))
+    assert one == estimate_profile(chain, data, levels=2, tokens_per_level=50, progress=False)
 
 
 # -- options --------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ class Peaky(TinyLLaDA):
         self.scale = scale
 
     def forward(self, input_ids, attention_mask=None):
-        return SimpleNamespace(logits=super().forward(input_ids, attention_mask).logits * self.scale)
+        return SimpleNamespace(logits=super().forward(input_ids, attention_mask=attention_mask).logits * self.scale)
 
 
 # --------------------------------------------------------------------------------------------------

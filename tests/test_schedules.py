@@ -231,7 +231,7 @@ def test_optimal_never_worse_than_any_builder_and_linear_profile_gains_nothing()
 
 
 def test_predicted_gains_match_theory_examples():
-    """THEORY.md: N=2000, T=50 gains of 2.6x (saturating), 1.6x (x^4), 1.0x (linear)."""
+    """docs/theory.md: N=2000, T=50 gains of 2.6x (saturating), 1.6x (x^4), 1.0x (linear)."""
     prof = smooth_profiles(2000)
     assert S.predicted_gain(prof["saturating"], 50) == pytest.approx(2.6, abs=0.1)
     assert S.predicted_gain(prof["late"], 50) == pytest.approx(1.6, abs=0.1)

@@ -1,0 +1,299 @@
+"""The harness's infilling stage: every decoder on one infilling task, scored at the model calls each one makes.
+
+For a task (:mod:`mdm_sched.tasks`) and each order of ``EvalConfig.infill_orders`` (random order sampled at
+temperature 1, ``infill_samples`` samples per example; model-ranked orders greedy, one deterministic run), every
+decoder of ``EvalConfig.infill_decoders`` (:mod:`mdm_sched.decoders`) infills every example at each value of its
+grid (fixed schedules: ``infill_budgets`` plus 1 call and one call per token). Per run and example: recovery,
+exact match and the calls the example needed (distinct calls that revealed one of its positions). With random
+order among the orders, fixed schedules also get the conditional NLL of the truth under random order (bound and
+``M``-order estimate, :func:`mdm_sched.metrics.conditional_likelihood`); it is not defined for adaptive rules or
+greedy decoding.
+
+Sensitivity: per (order, metric), 1 call against one call per token, paired on the examples. Every model-side
+part is cached through the host's ``stage`` (:func:`mdm_sched.harness.cached_stage`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import torch
+
+from . import metrics
+from .decoders import RANDOM_PROFILE, Decoder, DecoderContext, get_decoder
+from .results import Estimate, PairedDiff, ResultRow, SensitivityCheck, TaskSummary
+from .rules import RevealRule
+from .schedules import Schedule
+
+if TYPE_CHECKING:
+    from .models import MaskedLM
+    from .results import EvalConfig
+    from .tasks import InfillTask
+
+__all__ = ["INFILL_METRICS", "SAMPLE_METRICS", "NLL_METRICS", "BASELINE", "PROFILE_CURVES", "temperature_of",
+           "load_task", "infill_curve", "run_infill", "InfillOutcome"]
+
+SAMPLE_METRICS = ("recovery", "exact_match")
+NLL_METRICS = ("cond_nll", "cond_nll_M")
+INFILL_METRICS = SAMPLE_METRICS + NLL_METRICS
+#: the decoder every other one is compared with (LLaDA's default schedule)
+BASELINE = "constant"
+Payload = dict[str, Any]
+
+
+class StageHost(Protocol):
+    """What the stage needs from the harness run: the model, the settings, a cache and a cost counter."""
+
+    model: MaskedLM
+    cfg: EvalConfig
+    forward_rows: int
+
+    def stage(self, name: str, file: str, fingerprint: Mapping[str, object], compute: Callable[[], Payload], *,
+              eval_subset: bool = True) -> Payload:
+        ...
+
+
+@dataclass
+class InfillOutcome:
+    """The stage's rows, sensitivity checks and task summary."""
+
+    rows: list[ResultRow]
+    sensitivity: list[SensitivityCheck]
+    summary: TaskSummary
+
+
+def temperature_of(order: str) -> float:
+    """Random order is sampled (temperature 1: the sampler the theory is about); model-ranked orders are greedy."""
+    return 1.0 if order == "random" else 0.0
+
+
+def load_task(cfg: EvalConfig, model: MaskedLM) -> InfillTask:
+    """``cfg.infill`` on the evaluation split, at most ``cfg.infill_sequences`` examples (a seeded subset)."""
+    from .data import load_source
+    from .tasks import build_task
+
+    assert cfg.infill is not None
+    source = load_source(cfg.data, split=cfg.eval_split)
+    alphabet = sorted({t for seq in model.encode(list(source["text"])) for t in seq})
+    task = build_task(cfg.infill, source, model.encode, alphabet=alphabet, seed=cfg.seed)
+    if cfg.infill_sequences is not None and len(task) > cfg.infill_sequences:
+        g = torch.Generator().manual_seed(cfg.seed)
+        task = task.subset(torch.randperm(len(task), generator=g)[:cfg.infill_sequences].sort().values)
+    return task
+
+
+def infill_curve(full_curve: np.ndarray, n_tokens: int) -> np.ndarray:
+    """The random-order profile read at the same numbers of masked positions: ``CE(N - n + i)``, ``i = 0..n-1``.
+
+    With ``n`` positions left to infill and the rest visible, the random-order profile's best guess of the
+    per-token CE is its value when ``n`` of its ``N`` positions are masked.
+    """
+    full = np.asarray(full_curve, dtype=np.float64)
+    if n_tokens > full.size:
+        raise ValueError(f"the task infills up to {n_tokens} positions but the profile covers {full.size}")
+    return full[full.size - n_tokens:]
+
+
+#: how the stage gets each profile curve a decoder may name (:attr:`~mdm_sched.decoders.Decoder.profile`), from the
+#: host, the task, the run's random-order curve and the number of positions: a decoder on another profile (conditional
+#: on the task, ordering-aware) adds its provider here and its entry in :data:`mdm_sched.decoders.DECODERS`.
+CurveProvider = Callable[[StageHost, "InfillTask", np.ndarray, int], np.ndarray]
+PROFILE_CURVES: dict[str, CurveProvider] = {
+    RANDOM_PROFILE: lambda host, task, full_curve, n: infill_curve(full_curve, n),
+}
+
+
+def _context(host: StageHost, task: InfillTask, full_curve: np.ndarray, n_tokens: int) -> DecoderContext:
+    """The decoders' context: the curves of exactly the profiles the configured decoders name."""
+    needed = {get_decoder(name).profile for name in host.cfg.infill_decoders} - {None}
+    unknown = sorted(p for p in needed if p not in PROFILE_CURVES)
+    if unknown:
+        raise ValueError(f"no provider for the profiles {unknown} (infill_eval.PROFILE_CURVES has "
+                         f"{', '.join(PROFILE_CURVES)})")
+    return DecoderContext(n_tokens, {p: PROFILE_CURVES[p](host, task, full_curve, n_tokens) for p in sorted(needed)})
+
+
+def _key(*parts: object) -> str:
+    return hashlib.sha1(json.dumps(parts, default=str, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _describe(rule: Schedule | RevealRule) -> dict[str, Any]:
+    return {"sizes": list(rule.sizes)} if isinstance(rule, Schedule) else rule.describe()
+
+
+def _aligned(sequences: torch.Tensor, reveal: torch.Tensor, widths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded generate() outputs laid out like the task (right-padded): ids and reveal steps ``[R, W]``."""
+    w = int(widths.max())
+    pad = sequences.shape[1] - widths  # left padding of each row
+    cols = (pad.unsqueeze(1) + torch.arange(w).unsqueeze(0)).clamp(max=sequences.shape[1] - 1)
+    return sequences.gather(1, cols), reveal.gather(1, cols)
+
+
+def _calls_per_row(reveal: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Distinct calls that revealed at least one target of each row: what the row costs on its own."""
+    steps = torch.where(target, reveal, torch.zeros_like(reveal)).sort(1).values
+    new = (steps[:, 1:] != steps[:, :-1]) & (steps[:, 1:] > 0)
+    return new.sum(1) + (steps[:, 0] > 0).long()
+
+
+def _generate(host: StageHost, task: InfillTask, order: str, rule: Schedule | RevealRule, seed: int) -> Payload:
+    """Infill every example (``infill_samples`` times when sampling); per-example means of each score."""
+    import mdm_sched as ms
+
+    temp = temperature_of(order)
+    reps = host.cfg.infill_samples if temp > 0 else 1
+    out = ms.generate(host.model, task.prompts(host.model.mask_token_id), gen_length=0, schedule=rule, order=order,
+                      temperature=temp, num_samples=reps, generator=torch.Generator().manual_seed(seed))
+    host.forward_rows += out.nfe * len(task) * reps
+    ids, reveal = _aligned(out.sequences.cpu(), out.reveal_step.cpu(), task.widths.repeat_interleave(reps))
+    truth, target = task.ids.repeat_interleave(reps, 0), task.target.repeat_interleave(reps, 0)
+    rec, exact = metrics.infill_accuracy(ids, truth, target)
+    calls = _calls_per_row(reveal, target).double()
+    per_example = lambda v: v.view(len(task), reps).mean(1).tolist()
+    return {"recovery": per_example(rec), "exact_match": per_example(exact), "calls": per_example(calls),
+            "nfe": int(out.nfe)}
+
+
+def _points(cfg: EvalConfig, decoder: Decoder, n_tokens: int) -> list[float]:
+    """The values a decoder runs at: its grid; fixed schedules add 1 call and one call per token."""
+    grid = [float(v) for v in getattr(cfg, decoder.grid)]
+    if not decoder.fixed:
+        return grid
+    return [float(t) for t in sorted({1, n_tokens, *(int(v) for v in grid if v <= n_tokens)})]
+
+
+@dataclass
+class _Run:
+    """One (order, decoder, value): its per-example scores."""
+
+    order: str
+    decoder: Decoder
+    value: float
+    scores: Payload
+
+
+def _runs(host: StageHost, task: InfillTask, ctx: DecoderContext, task_fp: Mapping[str, object]) -> list[_Run]:
+    cfg, runs = host.cfg, []
+    for order in cfg.infill_orders:
+        for name in cfg.infill_decoders:
+            decoder = get_decoder(name)
+            for value in _points(cfg, decoder, ctx.n_tokens):
+                rule = decoder.rule(ctx, value)
+                fp = {"what": "infill", "task": task_fp, "order": order, "rule": _describe(rule),
+                      "temperature": temperature_of(order), "samples": cfg.infill_samples}
+                key = _key(fp)
+                label = f"infill {order} {decoder.label(value)}" + (f" T={int(value)}" if decoder.fixed else "")
+                scores = host.stage(label, f"infill/{key}.json", fp,
+                                    lambda r=rule, o=order, k=key: _generate(host, task, o, r, int(k[:6], 16)),
+                                    eval_subset=False)
+                runs.append(_Run(order, decoder, value, scores))
+    return runs
+
+
+def _nll(host: StageHost, task: InfillTask, scheds: dict[str, Schedule], task_fp: Mapping[str, object]) -> Payload:
+    """``log q`` of the truth for every fixed schedule at once (random order, ``n_orders`` orders per example)."""
+    cfg = host.cfg
+
+    def compute() -> Payload:
+        g = torch.Generator().manual_seed(cfg.seed)
+        res = metrics.conditional_likelihood(host.model, task.ids, task.target, scheds, attention_mask=task.attention,
+                                             n_orders=cfg.n_orders, generator=g, batch_size=cfg.batch_size)
+        host.forward_rows += res.n_forward_rows
+        return {"logq": {k: v.tolist() for k, v in res.logq.items()}}
+
+    fp = {"what": "infill-nll", "task": task_fp, "n_orders": cfg.n_orders,
+          "schedules": {k: list(s.sizes) for k, s in scheds.items()}}
+    return host.stage("infill conditional NLL", "infill/nll.json", fp, compute, eval_subset=False)
+
+
+def _est(values: list[float]) -> tuple[float, float]:
+    return metrics.mean_se(values)
+
+
+def _sample_rows(task: InfillTask, runs: list[_Run]) -> list[ResultRow]:
+    """Recovery and exact match rows; fixed schedules paired with the baseline at the same budget and order."""
+    base = {(r.order, r.value): r for r in runs if r.decoder.name == BASELINE}
+    rows = []
+    for r in runs:
+        calls, calls_se = _est(r.scores["calls"])
+        partner = base.get((r.order, r.value)) if r.decoder.fixed else None
+        for metric in SAMPLE_METRICS:
+            v, se = _est(r.scores[metric])
+            paired = None
+            if partner is not None:
+                d = np.asarray(r.scores[metric]) - np.asarray(partner.scores[metric])
+                paired = PairedDiff(BASELINE, *_est(d.tolist()))
+            rows.append(ResultRow(metric, r.order, r.decoder.name, int(r.value) if r.decoder.fixed else None, v, se,
+                                  calls=calls, calls_se=calls_se, paired=paired, task=task.name,
+                                  parameter=None if r.decoder.fixed else r.value))
+    return rows
+
+
+def _nll_rows(task: InfillTask, logq: Mapping[str, list], points: Mapping[str, tuple[str, int]],
+              calls: Mapping[tuple[str, int], tuple[float, float]]) -> list[ResultRow]:
+    """Conditional NLL rows (per token, random order) with paired differences to the baseline."""
+    n = task.n_targets.double().numpy()
+    rows = []
+    for key, (name, t) in points.items():
+        lq = torch.tensor(logq[key], dtype=torch.float64)
+        base = torch.tensor(logq[f"{BASELINE}@T={t}"], dtype=torch.float64) if f"{BASELINE}@T={t}" in logq else None
+        for metric, per_ex in (("cond_nll", lambda x: -x.mean(1)), ("cond_nll_M", lambda x: -metrics.logmeanexp(x, 1))):
+            v = per_ex(lq).numpy() / n
+            paired = None if base is None else PairedDiff(BASELINE, *_est((v - per_ex(base).numpy() / n).tolist()))
+            c, cs = calls.get((name, t), (float(t), 0.0))
+            rows.append(ResultRow(metric, "random", name, t, *_est(v.tolist()), calls=c, calls_se=cs, paired=paired,
+                                  task=task.name))
+    return rows
+
+
+def _sensitivity(task: InfillTask, runs: list[_Run], nll: Mapping[str, list], n_tokens: int, z: float
+                 ) -> list[SensitivityCheck]:
+    """Per (order, metric): 1 call against one call per token, paired on the examples."""
+    out = []
+    fixed = {(r.order, int(r.value)): r for r in runs if r.decoder.name == BASELINE}
+    n = task.n_targets.double().numpy()
+    for order in dict.fromkeys(r.order for r in runs):
+        one, full = fixed.get((order, 1)), fixed.get((order, n_tokens))
+        pairs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        if one is not None and full is not None:
+            pairs = {m: (np.asarray(one.scores[m]), np.asarray(full.scores[m])) for m in SAMPLE_METRICS}
+        key1, keyn = f"{BASELINE}@T=1", f"{BASELINE}@T={n_tokens}"
+        if order == "random" and key1 in nll and keyn in nll:
+            a, b = torch.tensor(nll[key1]), torch.tensor(nll[keyn])
+            pairs["cond_nll"] = (-a.mean(1).numpy() / n, -b.mean(1).numpy() / n)
+            pairs["cond_nll_M"] = (-metrics.logmeanexp(a, 1).numpy() / n, -metrics.logmeanexp(b, 1).numpy() / n)
+        for metric, (a1, an) in pairs.items():
+            d, dse = _est((an - a1).tolist())
+            zz = abs(d) / dse if dse > 0 else (math.inf if d != 0 else 0.0)
+            out.append(SensitivityCheck(metric, Estimate(*_est(a1.tolist())), Estimate(*_est(an.tolist())), zz,
+                                        bool(zz > z), order=order, task=task.name))
+    return out
+
+
+def run_infill(host: StageHost, task: InfillTask, full_curve: np.ndarray) -> InfillOutcome:
+    """The whole stage: every (order, decoder, value) run, the conditional NLL, rows and sensitivity checks."""
+    n_tokens = int(task.n_targets.max())
+    ctx = _context(host, task, full_curve, n_tokens)
+    summ = task.summary()
+    task_fp = {**summ, "sha": hashlib.sha1(task.ids.numpy().tobytes() + task.target.numpy().tobytes()).hexdigest()[:16]}
+    runs = _runs(host, task, ctx, task_fp)
+    scheds: dict[str, Schedule] = {}
+    points: dict[str, tuple[str, int]] = {}
+    random_order = "random" in host.cfg.infill_orders  # the conditional NLL is a random-order quantity
+    for decoder in (get_decoder(name) for name in host.cfg.infill_decoders if random_order):
+        for value in _points(host.cfg, decoder, n_tokens) if decoder.fixed else ():
+            sched = decoder.rule(ctx, value)
+            assert isinstance(sched, Schedule)
+            key = f"{decoder.name}@T={int(value)}"
+            scheds[key], points[key] = sched, (decoder.name, int(value))
+    nll = _nll(host, task, scheds, task_fp)["logq"] if scheds else {}
+    calls = {(r.decoder.name, int(r.value)): _est(r.scores["calls"]) for r in runs
+             if r.decoder.fixed and r.order == "random"}
+    rows = _sample_rows(task, runs) + _nll_rows(task, nll, points, calls)
+    summary = TaskSummary(task.name, task.description, len(task), tuple(summ["infilled"]), tuple(summ["given"]), n_tokens)
+    return InfillOutcome(rows, _sensitivity(task, runs, nll, n_tokens, host.cfg.sensitivity_z), summary)
