@@ -1,7 +1,6 @@
-"""The small text MDM recipe: training machinery, save_pretrained, and the same API on the result.
+"""The instruct recipe end to end on a tiny chat model (plumbing only).
 
-Trains for seconds only: this checks plumbing (a model that loads back and runs through profile,
-schedule and generate), never quality.
+The text MDM recipe has its own file, tests/test_text_recipe.py.
 """
 from __future__ import annotations
 
@@ -9,7 +8,6 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
-import torch
 
 import mdm_sched as ms
 
@@ -21,30 +19,6 @@ def _recipe():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-
-
-def test_text_mdm_trains_resumes_and_runs_through_the_api(tmp_path):
-    r = _recipe()
-    out = tmp_path / "kjv"
-    kw = dict(seq_len=16, vocab_size=300, hidden=32, layers=1, batch_size=8, max_verses=1500, progress=False)
-    model_dir = r.train(out, steps=6, save_every=3, **kw)
-    state = torch.load(out / "train_state.pt", weights_only=False)
-    assert state["step"] == 6
-    # resuming to a larger step count continues from the checkpoint instead of starting over
-    r.train(out, steps=8, save_every=4, **kw)
-    assert torch.load(out / "train_state.pt", weights_only=False)["step"] == 8
-
-    model = ms.load_masked_lm(str(model_dir))
-    assert model.family == "bert" and model.tokenizer is not None
-    held = r.heldout_windows(model_dir, 16, max_verses=1500)
-    assert len(held) > 20 and all(len(w) == 16 for w in held)
-    profile = ms.estimate_profile(model, held, n_tokens=16, levels=4, tokens_per_level=128, progress=False)
-    curve = profile.curve(16)
-    assert curve.shape == (16,) and np.all(np.isfinite(curve)) and np.all(np.diff(curve) <= 1e-12)
-    sched = ms.schedules.optimal(profile, 4, n_tokens=16)
-    gen = ms.generate(model, num_samples=2, gen_length=16, schedule=sched, generator=torch.Generator().manual_seed(0))
-    assert gen.nfe == 4 and gen.generated.shape == (2, 16) and len(gen.texts) == 2
-    assert not (gen.generated == model.mask_token_id).any()
 
 
 def test_instruct_recipe_runs_end_to_end_on_a_tiny_chat_model(tmp_path):
