@@ -1,6 +1,6 @@
 """Recipe: train a small masked diffusion LM on the King James Bible on CPU, then run mdm_sched on it.
 
-    python recipes/train_text_mdm.py --out runs/kjv-mdm --threads 1   # ~10 min train + ~1 min profile/bounds/samples (2 busy cores)
+    python recipes/train_text_mdm.py --out runs/kjv-mdm --threads 1   # ~10 min train + ~1 min profile, bounds, samples
     python recipes/train_text_mdm.py --out runs/kjv-mdm --steps 200 --skip-eval   # a smoke run
 
 The model is a 2-layer / hidden-128 RoFormer (BERT with rotary position embeddings; ``--arch bert`` gives
