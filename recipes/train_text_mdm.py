@@ -264,11 +264,13 @@ def export(out: Path, model: Any, tokenizer: Any, seq_len: int, steps: int) -> P
 
 
 def heldout_windows(model_dir: Path, seq_len: int, max_verses: int | None = None) -> list[list[int]]:
-    """Full ``seq_len``-token windows of the held-out chapters, for profile and evaluation."""
+    """Full ``seq_len``-token windows of the held-out chapters, for profile and evaluation; windows holding
+    [UNK] (a character the tokenizer never saw) are dropped, since the model never samples it."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    return windows(kjv_split("test", max_verses), tok, seq_len).tolist()
+    x = windows(kjv_split("test", max_verses), tok, seq_len)
+    return x[~(x == tok.unk_token_id).any(1)].tolist()
 
 
 @torch.no_grad()
