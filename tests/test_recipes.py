@@ -11,14 +11,7 @@ import numpy as np
 
 import mdm_sched as ms
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "train_text_mdm.py"
-
-
-def _recipe():
-    spec = importlib.util.spec_from_file_location("train_text_mdm", RECIPE)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
 def test_instruct_recipe_runs_end_to_end_on_a_tiny_chat_model(tmp_path):
@@ -28,7 +21,7 @@ def test_instruct_recipe_runs_end_to_end_on_a_tiny_chat_model(tmp_path):
     from test_conditional import _chat_tokenizer
     from test_models import TinyLLaDA
 
-    spec = importlib.util.spec_from_file_location("instruct_gpu", RECIPE.parent / "instruct_gpu.py")
+    spec = importlib.util.spec_from_file_location("instruct_gpu", RECIPES / "instruct_gpu.py")
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
     tok = _chat_tokenizer()
