@@ -15,13 +15,13 @@
 """
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
+from ._signature import accepts
 from .canvas import Canvas
 from .logit_rows import LogitRows
 
@@ -47,14 +47,6 @@ class StepState:
     attention_mask: torch.Tensor
     prompt_length: int
     stop: bool = False
-
-
-def _accepts_keyword(fn: Callable[..., Any], name: str) -> bool:
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 @dataclass
@@ -88,7 +80,7 @@ class Hooks:
         rows, cols = positions.nonzero(as_tuple=True)
         kwargs: dict[str, torch.Tensor] = {}
         for name, value in (("positions", cols), ("rows", rows)):
-            if isinstance(self.logits_processor, list) or _accepts_keyword(self.logits_processor, name):
+            if isinstance(self.logits_processor, list) or accepts(self.logits_processor, name):
                 kwargs[name] = value
         out = self.logits_processor(canvas.x[rows], logits, **kwargs)
         if not isinstance(out, torch.Tensor) or out.shape != logits.shape:

@@ -28,12 +28,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import inspect
 import json
 import os
 import warnings
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ import torch
 from torch import nn
 
 from . import assets
+from ._signature import accepts, parameter_names
 from ._types import CacheMode, PastKeyValues
 from .compat import dtype_kwargs
 from .families import FAMILIES, LLADA_MASK_TOKEN_ID, Family, detect_family, family_of, get_family
@@ -56,22 +56,6 @@ __all__ = ["MaskedLM", "wrap", "load_masked_lm", "detect_family", "FAMILIES", "L
 # --------------------------------------------------------------------------------------------------
 # calling the module
 # --------------------------------------------------------------------------------------------------
-
-def _accepts(fn: Callable[..., object], name: str) -> bool:
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
-def _parameters(fn: Callable[..., object]) -> frozenset[str]:
-    """Names of ``fn``'s parameters (empty when its signature cannot be read)."""
-    try:
-        return frozenset(inspect.signature(fn).parameters)
-    except (TypeError, ValueError):
-        return frozenset()
-
 
 def _extract_logits(out: object) -> torch.Tensor:
     if isinstance(out, torch.Tensor):
@@ -147,8 +131,8 @@ class MaskedLM:
             warnings.warn(f"{type(model).__name__}: no CLS/SEP (BOS/EOS) framing tokens known; the model will see "
                           "unframed content. Pass tokenizer=... or framing=(cls_id, sep_id)", stacklevel=3)
         self.text = TextCodec(tokenizer, residue_separator, self.tokens.pad_token_id, spec.chat_tokenization)
-        self._pass_attention_mask = _accepts(model.forward, "attention_mask")
-        self.layout = Layout(spec, self.tokens.framing, self.tokens.pad_token_id, _accepts(model.forward, "position_ids"))
+        self._pass_attention_mask = accepts(model.forward, "attention_mask")
+        self.layout = Layout(spec, self.tokens.framing, self.tokens.pad_token_id, accepts(model.forward, "position_ids"))
         self.max_length: int | None = max_content_length(model, self.layout.n_framing, max_length)
         self.head = PositionsHead(model, enabled=positions_only if spec.head_shortcut else False)
         self._vocab_size: int | None = first_int(config_value(model, "vocab_size"))
@@ -371,7 +355,7 @@ class MaskedLM:
             raise ValueError(f"cache={mode!r}: {name} is a {self.family}-family model whose rows are re-laid out around "
                              "framing tokens, so cached columns would not line up with the canvas; use cache=None")
         needed = ["past_key_values", "use_cache"] + (["replace_position"] if mode == "dual" else [])
-        missing = [arg for arg in needed if not _accepts(self.model.forward, arg)]
+        missing = [arg for arg in needed if not accepts(self.model.forward, arg)]
         if missing:
             raise ValueError(f"cache={mode!r} needs a model whose forward accepts {', '.join(needed)} (Fast-dLLM's "
                              f"modeling_llada.py / modeling_dream.py); {name}.forward has no {', '.join(missing)}")
@@ -437,7 +421,7 @@ class MaskedLM:
                 where = torch.zeros((1, inputs.input_ids.shape[1]), dtype=torch.bool, device=inputs.input_ids.device)
                 where[:, start:end] = True
                 kwargs["replace_position"] = where
-                if "dual_cache" in _parameters(self.model.forward):  # Fast-dLLM's Dream also wants the flag
+                if "dual_cache" in parameter_names(self.model.forward):  # Fast-dLLM's Dream also wants the flag
                     kwargs["dual_cache"] = True
         return kwargs
 

@@ -6,8 +6,8 @@ exact for: it needs no prediction to choose, so with a fixed schedule the model'
 the chosen positions. The others rank by the model's prediction at every candidate (LLaDA's low-confidence
 remasking, Dream's margin and entropy orders).
 
-To add an order: subclass :class:`Order` (set ``name``, ``uses_model`` and ``stats``; implement ``scores``)
-and add an instance to :data:`ORDERS`.
+To add an order: subclass :class:`RankedOrder` (set ``name`` and ``stats``; implement ``key``), or :class:`Order`
+for anything else (implement ``scores``), and add an instance to :data:`ORDERS`.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import torch
 from .draw import Draw
 from .rng import Randomness
 
-__all__ = ["Order", "RandomOrder", "ConfidenceOrder", "MarginOrder", "EntropyOrder", "ORDERS", "get_order"]
+__all__ = ["Order", "RankedOrder", "RandomOrder", "ConfidenceOrder", "MarginOrder", "EntropyOrder", "ORDERS", "get_order"]
 
 
 class Order(ABC):
@@ -62,39 +62,46 @@ class RandomOrder(Order):
         return rng.position_noise(attention).float().masked_fill(~candidates, float("-inf"))
 
 
-class ConfidenceOrder(Order):
+class RankedOrder(Order):
+    """Ranks the candidates by a statistic of the model's prediction there (higher ``key`` reveals first)."""
+
+    def scores(self, candidates: torch.Tensor, attention: torch.Tensor, draw: Draw | None,
+               rng: Randomness) -> torch.Tensor:
+        assert draw is not None, f"order={self.name!r} needs the draw at every candidate"
+        return _spread(candidates, self.key(draw))
+
+    @abstractmethod
+    def key(self, draw: Draw) -> torch.Tensor:
+        """``[P]`` values at the candidates; higher is revealed first."""
+
+
+class ConfidenceOrder(RankedOrder):
     """Most probable drawn token first (LLaDA's low-confidence remasking)."""
 
     name = "confidence"
 
-    def scores(self, candidates: torch.Tensor, attention: torch.Tensor, draw: Draw | None,
-               rng: Randomness) -> torch.Tensor:
-        assert draw is not None
-        return _spread(candidates, draw.logp)  # monotone in the probability of the drawn token
+    def key(self, draw: Draw) -> torch.Tensor:
+        return draw.logp  # monotone in the probability of the drawn token, without exp's underflow ties
 
 
-class MarginOrder(Order):
+class MarginOrder(RankedOrder):
     """Largest gap between the two most probable tokens first (Dream's ``margin``)."""
 
     name = "margin"
     stats = frozenset({"margin"})
 
-    def scores(self, candidates: torch.Tensor, attention: torch.Tensor, draw: Draw | None,
-               rng: Randomness) -> torch.Tensor:
-        assert draw is not None and draw.margin is not None
-        return _spread(candidates, draw.margin)
+    def key(self, draw: Draw) -> torch.Tensor:
+        return draw.statistic("margin")
 
 
-class EntropyOrder(Order):
+class EntropyOrder(RankedOrder):
     """Lowest predictive entropy first (Dream's ``entropy``)."""
 
     name = "entropy"
     stats = frozenset({"entropy"})
 
-    def scores(self, candidates: torch.Tensor, attention: torch.Tensor, draw: Draw | None,
-               rng: Randomness) -> torch.Tensor:
-        assert draw is not None and draw.entropy is not None
-        return _spread(candidates, -draw.entropy)
+    def key(self, draw: Draw) -> torch.Tensor:
+        return -draw.statistic("entropy")
 
 
 #: The built-in orders by name.
