@@ -12,7 +12,8 @@ COMPAT_TRANSFORMERS ?= 4.38.2 4.46.3
 setup:
 	@bash scripts/setup.sh
 
-# CI's command: the whole suite except GPU-only tests, then the fast suite under each COMPAT_TRANSFORMERS release.
+# CI's command: lint, the whole suite except GPU-only tests, then the fast tests that touch transformers
+# (scripts/compat/tests.txt) under each COMPAT_TRANSFORMERS release.
 test: setup
 	$(VENV)/bin/ruff check .
 	$(OFFLINE) $(VENV)/bin/python -m pytest -m "not gpu" $(PYTEST_ARGS)
