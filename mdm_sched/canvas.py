@@ -22,9 +22,9 @@ import torch
 from ._types import PromptLike
 from .models import MaskedLM
 from .text import Conversation
-from .validation import is_int
+from .validation import check_token_ids, is_int
 
-__all__ = ["Canvas", "Block", "prompt_tensors", "plan_blocks", "chat_prompts"]
+__all__ = ["Canvas", "Block", "prompt_tensors", "check_prompt_ids", "plan_blocks", "chat_prompts"]
 
 
 def chat_prompts(mlm: MaskedLM, prompts: PromptLike | None, messages: Conversation | Sequence[Conversation] | None,
@@ -76,9 +76,41 @@ def _tensor_prompts(prompts: torch.Tensor, attention_mask: torch.Tensor | None) 
     return ids.gather(1, order), attn.gather(1, order)
 
 
+def check_prompt_ids(mlm: MaskedLM, ids: torch.Tensor, attn: torch.Tensor) -> None:
+    """Refuse attended prompt ids outside the vocabulary, and layout ids (framing, padding, other special tokens of
+    families that never sample them; :attr:`~mdm_sched.tokens.TokenPolicy.layout_ids`): the adapter adds those
+    itself, and as content they would be fed to the model yet hidden from ``.texts``. Mask ids are infilled."""
+    check_token_ids(ids, "prompts", mlm.vocab_size, where=attn)
+    layout = sorted(mlm.tokens.layout_ids)
+    if not layout or ids.numel() == 0:
+        return
+    bad = torch.isin(ids, torch.tensor(layout, dtype=ids.dtype, device=ids.device)) & attn
+    if not bool(bad.any()):
+        return
+    row, col = bad.nonzero()[0].tolist()
+    tid = int(ids[row, col])
+    col -= int((~attn[row]).sum())  # position within the row's own tokens (rows are left-padded)
+    tok = mlm.tokenizer.convert_ids_to_tokens(tid) if mlm.tokenizer is not None else None
+    what = f"id {tid}" + (f" ({tok})" if tok is not None else "")
+    unk = mlm.tokenizer is not None and tid == getattr(mlm.tokenizer, "unk_token_id", None)
+    if unk:
+        raise ValueError(f"prompts[{row}] has {what} at position {col}: the tokenizer could not encode part of the "
+                         "prompt text; use only characters of the model's vocabulary")
+    raise ValueError(f"prompts[{row}] holds the special token {what} at position {col}: framing, padding and other "
+                     "special tokens are added by the library (pad a tensor of prompts with attention_mask=0, not pad "
+                     "ids); remove it from the prompt, or use the mask token to have a position infilled")
+
+
 def prompt_tensors(mlm: MaskedLM, prompts: PromptLike, attention_mask: torch.Tensor | None,
                    pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded prompt ids ``[B, P]`` and their boolean attention mask."""
+    """Left-padded prompt ids ``[B, P]`` and their boolean attention mask, checked (:func:`check_prompt_ids`)."""
+    ids, attn = _prompt_tensors(mlm, prompts, attention_mask, pad)
+    check_prompt_ids(mlm, ids, attn)
+    return ids, attn
+
+
+def _prompt_tensors(mlm: MaskedLM, prompts: PromptLike, attention_mask: torch.Tensor | None,
+                    pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     if isinstance(prompts, torch.Tensor):
         return _tensor_prompts(prompts, attention_mask)
     if attention_mask is not None:

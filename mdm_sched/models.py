@@ -49,6 +49,7 @@ from .layout import Layout, ModelInputs, max_content_length
 from .logit_rows import LogitRows
 from .text import Conversation, TextCodec
 from .tokens import Framing, TokenPolicy, config_value, first_int
+from .validation import check_token_ids, is_int
 
 __all__ = ["MaskedLM", "wrap", "load_masked_lm", "detect_family", "FAMILIES", "LLADA_MASK_TOKEN_ID"]
 
@@ -131,7 +132,7 @@ class MaskedLM:
                  allowed_tokens: Iterable[int | str] | None = None, framing: Framing | None = None,
                  pad_token_id: int | None = None, eos_token_id: int | None = None, max_length: int | None = None,
                  positions_only: bool | None = None, residue_separator: str | None = None,
-                 name_or_path: str | None = None) -> None:
+                 name_or_path: str | None = None, force_mask_token_id: bool = False) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module (or a MaskedLM), got {type(model).__name__}")
         spec = family_of(model) if family is None else get_family(family)
@@ -142,7 +143,7 @@ class MaskedLM:
             config_value(model, "_name_or_path", "name_or_path") or None)  # type: ignore[assignment]
         self.tokens = TokenPolicy.resolve(spec, model, tokenizer, mask_token_id=mask_token_id, pad_token_id=pad_token_id,
                                           eos_token_id=eos_token_id, framing=framing, suppress_tokens=suppress_tokens,
-                                          allowed_tokens=allowed_tokens)
+                                          allowed_tokens=allowed_tokens, force_mask_token_id=bool(force_mask_token_id))
         if spec.framing and framing is None and self.tokens.framing == (None, None):
             warnings.warn(f"{type(model).__name__}: no CLS/SEP (BOS/EOS) framing tokens known; the model will see "
                           "unframed content. Pass tokenizer=... or framing=(cls_id, sep_id)", stacklevel=3)
@@ -155,6 +156,9 @@ class MaskedLM:
         if self._vocab_size is None and isinstance(head_out := output_embeddings(model), nn.Linear):
             self._vocab_size = head_out.out_features
         self.config_hash: str = config_hash(model, spec.name, self.tokens.mask_token_id)
+        self._width_ok: int | None = None
+        if self._vocab_size is not None:
+            self._check_width(self._vocab_size)
 
     # -- what the parts resolved -----------------------------------------------------------------
     @property
@@ -204,7 +208,13 @@ class MaskedLM:
         if self._vocab_size is None:
             probe = torch.full((1, 1), self.mask_token_id, dtype=torch.long, device=self.device)
             with torch.inference_mode(), self._eval_mode():
-                self._vocab_size = int(self._forward(probe, None, None).shape[-1])
+                try:
+                    width = int(self._forward(probe, None, None).shape[-1])
+                except IndexError as exc:  # an embedding lookup of the mask id itself failed
+                    raise ValueError(f"mask_token_id={self.mask_token_id} is outside the vocabulary of "
+                                     f"{type(self.model).__name__} ({exc}): pass the model's own mask id") from exc
+            self._check_width(width)
+            self._vocab_size = width
         return self._vocab_size
 
     # -- tokens never sampled --------------------------------------------------------------------
@@ -264,7 +274,34 @@ class MaskedLM:
             kwargs["attention_mask"] = self.layout.forward_mask(attention_mask)
         if position_ids is not None:
             kwargs["position_ids"] = position_ids
-        return _extract_logits(self.model(input_ids, **kwargs))
+        logits = _extract_logits(self.model(input_ids, **kwargs))
+        if logits.ndim != 3 or tuple(logits.shape[:2]) != tuple(input_ids.shape):
+            raise ValueError(f"{type(self.model).__name__} returned logits of shape {tuple(logits.shape)} for input_ids "
+                             f"of shape {tuple(input_ids.shape)}: expected [batch={input_ids.shape[0]}, "
+                             f"length={input_ids.shape[1]}, vocabulary]; check the model's forward (one logit row per "
+                             "input position, none dropped or added)")
+        return logits
+
+    def ids_in_play(self) -> dict[str, int]:
+        """The special ids this adapter uses (mask, pad, EOS, framing), by argument name."""
+        named = {"mask_token_id": self.mask_token_id, "pad_token_id": self.pad_token_id,
+                 "eos_token_id": self.eos_token_id, "framing[0]": self.framing[0], "framing[1]": self.framing[1]}
+        return {k: int(v) for k, v in named.items() if v is not None}
+
+    def _check_width(self, width: int) -> None:
+        """The logits' last dimension must cover the configured vocabulary and every special id in play."""
+        if width == self._width_ok:
+            return
+        name = type(self.model).__name__
+        configured = first_int(config_value(self.model, "vocab_size"))
+        if configured is not None and width < configured:
+            raise ValueError(f"{name} returned logits over {width} token ids but its config says vocab_size="
+                             f"{configured}: the logits must have one column per token id (check the LM head)")
+        for arg, tid in self.ids_in_play().items():
+            if tid >= width:
+                raise ValueError(f"{arg}={tid} is outside the vocabulary of {name}, whose logits cover ids "
+                                 f"[0, {width}): pass the model's own {arg} (or the matching tokenizer)")
+        self._width_ok = width
 
     @contextlib.contextmanager
     def _eval_mode(self) -> Iterator[None]:
@@ -292,6 +329,9 @@ class MaskedLM:
             positions = positions.to(device).bool()
             if positions.shape != ids.shape:
                 raise ValueError(f"positions shape {tuple(positions.shape)} != input_ids shape {tuple(ids.shape)}")
+        if ids.dtype in (torch.bool, torch.float16, torch.bfloat16, torch.float32, torch.float64) or ids.is_complex():
+            raise TypeError(f"input_ids must hold integer token ids, got dtype {ids.dtype}")
+        check_token_ids(ids, "input_ids", self.vocab_size, where=attn)
         if self.max_length is not None and ids.shape[1] > self.max_length:
             longest = int(attn.sum(1).max())
             if longest > self.max_length:
@@ -350,6 +390,7 @@ class MaskedLM:
     def _rows(self, source: torch.Tensor, index: torch.Tensor | None) -> LogitRows:
         """Rows of this model's logits, suppressed and checked as they are read."""
         vocab = source.shape[-1]
+        self._check_width(int(vocab))
         if self._vocab_size is None:
             self._vocab_size = int(vocab)
         name = self.name_or_path or type(self.model).__name__
@@ -533,7 +574,7 @@ def wrap(model: nn.Module | MaskedLM, tokenizer: Any = None, mask_token_id: int 
          allowed_tokens: Iterable[int | str] | None = None, framing: Framing | None = None,
          pad_token_id: int | None = None, eos_token_id: int | None = None, max_length: int | None = None,
          positions_only: bool | None = None, residue_separator: str | None = None,
-         name_or_path: str | None = None) -> MaskedLM:
+         name_or_path: str | None = None, force_mask_token_id: bool = False) -> MaskedLM:
     """Wrap a model in the library's :class:`MaskedLM` adapter (a ``MaskedLM`` is returned unchanged).
 
     The same module with the same arguments returns the same adapter (cached on the module), so the
@@ -542,7 +583,8 @@ def wrap(model: nn.Module | MaskedLM, tokenizer: Any = None, mask_token_id: int 
     Args:
         model: an HF masked LM, a LLaDA/Dream-style model, or any ``nn.Module`` whose forward returns ``.logits``.
         tokenizer: optional HF tokenizer (text prompts, decoding, special token ids); default ``model.tokenizer``.
-        mask_token_id: overrides the tokenizer's / config's mask id (required when neither has one).
+        mask_token_id: the mask id when neither the tokenizer nor the config has one; one that contradicts the
+            tokenizer's mask token is an error unless ``force_mask_token_id=True``.
         family: a registered family name (``"bert" | "llada" | "dream" | "module"``, see
             :mod:`mdm_sched.families`) or a :class:`~mdm_sched.families.Family`; detected when omitted.
         suppress_tokens: extra token ids (or token strings) never to sample.
@@ -553,6 +595,9 @@ def wrap(model: nn.Module | MaskedLM, tokenizer: Any = None, mask_token_id: int 
             string before tokenizing, and decode to plain strings.
     """
     if isinstance(model, MaskedLM):
+        if mask_token_id is not None and not is_int(mask_token_id):
+            raise ValueError(f"mask_token_id must be an integer token id, got {mask_token_id!r} "
+                             f"({type(mask_token_id).__name__})")
         if mask_token_id is not None and int(mask_token_id) != model.mask_token_id:
             raise ValueError(f"mask_token_id={mask_token_id} differs from the wrapped model's {model.mask_token_id}: "
                              "wrap the underlying module again to change it")
@@ -562,7 +607,8 @@ def wrap(model: nn.Module | MaskedLM, tokenizer: Any = None, mask_token_id: int 
     options: dict[str, Any] = dict(
         mask_token_id=mask_token_id, family=family, suppress_tokens=suppress_tokens, allowed_tokens=allowed_tokens,
         framing=framing, pad_token_id=pad_token_id, eos_token_id=eos_token_id, max_length=max_length,
-        positions_only=positions_only, residue_separator=residue_separator, name_or_path=name_or_path)
+        positions_only=positions_only, residue_separator=residue_separator, name_or_path=name_or_path,
+        force_mask_token_id=force_mask_token_id)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module (or a MaskedLM), got {type(model).__name__}")
     try:
