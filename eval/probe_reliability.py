@@ -550,7 +550,7 @@ def _kmer_large_vocab() -> tuple[str, str]:
         return "crash", "hung (timeout)"
     if res.returncode == 0 and "JS" in res.stdout:
         js = float(res.stdout.split()[1])
-        return ("clear", f"JS {js:.3f}") if 0 <= js <= 1 else ("silent", f"JS {js}")
+        return ("clear", f"JS {js:.3f}") if 0 <= js <= 1 + 1e-9 else ("silent", f"JS {js}")
     last = (res.stderr.strip().splitlines() or ["killed"])[-1]
     return ("crash" if res.returncode < 0 else "obscure"), last[:200]
 
@@ -754,7 +754,7 @@ def _cli_help() -> tuple[str, str]:
         except SystemExit:
             pass
     text = " ".join(out.getvalue().split())
-    start = text.find("--checkpoint CHECKPOINT")
+    start = max(text.rfind("--checkpoint CHECKPOINT"), text.rfind("--checkpoint FILE"))
     seg = text[start:start + 200] if start >= 0 else text
     if ".npz" in seg and "JSON" not in seg:
         return "clear", seg[:100]

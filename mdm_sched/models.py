@@ -51,7 +51,7 @@ from .text import Conversation, TextCodec
 from .tokens import Framing, TokenPolicy, config_value, first_int
 from .validation import check_token_ids, is_int
 
-__all__ = ["MaskedLM", "wrap", "load_masked_lm", "detect_family", "FAMILIES", "LLADA_MASK_TOKEN_ID"]
+__all__ = ["MaskedLM", "wrap", "load_masked_lm", "detect_family", "weights_fingerprint", "FAMILIES", "LLADA_MASK_TOKEN_ID"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -110,6 +110,58 @@ def config_hash(model: nn.Module, family: str, mask_token_id: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _special_ids_tokenizer(model: nn.Module, spec: Family, suppress_tokens: object, allowed_tokens: object) -> Any:
+    """For a family that never samples special tokens, wrapped without a tokenizer: the tokenizer saved beside the
+    model (``config._name_or_path`` when it is a local folder), which names its special ids; ``None`` when the
+    family samples specials anyway or the caller named the ids to avoid (``suppress_tokens``/``allowed_tokens``).
+
+    Raises:
+        ValueError: no tokenizer can be found, so ``[UNK]``/``[CLS]``/``[SEP]``/``[PAD]`` would be sampled.
+    """
+    if not spec.suppress_special_tokens or suppress_tokens is not None or allowed_tokens is not None:
+        return None
+    folder = config_value(model, "_name_or_path", "name_or_path")
+    if isinstance(folder, str) and folder and Path(folder).is_dir():
+        try:
+            from transformers import AutoTokenizer
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        except Exception:  # noqa: BLE001 - no usable tokenizer files there: fall through to the error
+            pass
+    raise ValueError(f"{type(model).__name__} is a {spec.name}-family model, which never samples special tokens, but "
+                     "no tokenizer is known to name them ([UNK], [CLS], [SEP], [PAD] ...): pass tokenizer=..., or "
+                     "suppress_tokens=[ids never to sample] (or allowed_tokens=[ids that may be sampled])")
+
+
+#: Elements read from each of a few parameter tensors for :func:`weights_fingerprint` (evenly spaced).
+_FINGERPRINT_ELEMENTS = 4096
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """16 hex digits identifying the weights and their dtype, cheaply: a hash of the dtype and of evenly spaced
+    elements of the first, middle and last parameter tensors (a few thousand values, whatever the model's size).
+
+    Unlike :func:`config_hash`, two checkpoints of one architecture, or one checkpoint in float32 and bfloat16,
+    differ. A change to parameters it does not read (rare: most training touches them all) goes unnoticed.
+    """
+    params = [(n, p) for n, p in model.named_parameters()]
+    digest = hashlib.sha256()
+    if not params:
+        return digest.hexdigest()[:16]
+    picks = sorted({0, len(params) // 3, (2 * len(params)) // 3, len(params) - 1})
+    for i in picks:
+        name, p = params[i]
+        flat = p.detach().reshape(-1)
+        idx = torch.linspace(0, max(flat.numel() - 1, 0), min(_FINGERPRINT_ELEMENTS, flat.numel()),
+                             device=flat.device).long()
+        values = flat[idx].float().cpu().numpy()
+        digest.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
+        digest.update(values.tobytes())
+    return digest.hexdigest()[:16]
+
+
 # --------------------------------------------------------------------------------------------------
 # the adapter
 # --------------------------------------------------------------------------------------------------
@@ -141,7 +193,9 @@ class MaskedLM:
         self.family_spec: Family = spec
         self.name_or_path: str | None = name_or_path if name_or_path is not None else (
             config_value(model, "_name_or_path", "name_or_path") or None)  # type: ignore[assignment]
-        self.tokens = TokenPolicy.resolve(spec, model, tokenizer, mask_token_id=mask_token_id, pad_token_id=pad_token_id,
+        id_source = tokenizer if tokenizer is not None else _special_ids_tokenizer(model, spec, suppress_tokens,
+                                                                                    allowed_tokens)
+        self.tokens = TokenPolicy.resolve(spec, model, id_source, mask_token_id=mask_token_id, pad_token_id=pad_token_id,
                                           eos_token_id=eos_token_id, framing=framing, suppress_tokens=suppress_tokens,
                                           allowed_tokens=allowed_tokens, force_mask_token_id=bool(force_mask_token_id))
         if spec.framing and framing is None and self.tokens.framing == (None, None):
@@ -201,6 +255,16 @@ class MaskedLM:
             if t.is_floating_point():
                 return t.dtype
         return torch.float32
+
+    @property
+    def weights_fingerprint(self) -> str:
+        """:func:`weights_fingerprint` of the module now (weights and dtype; recomputed on each access, cheaply)."""
+        return weights_fingerprint(self.model)
+
+    def identity(self) -> dict[str, str]:
+        """What, beyond :attr:`config_hash`, tells this model's results from another's: the weights' fingerprint and
+        dtype (stored in profiles and checkpoints)."""
+        return {"weights": self.weights_fingerprint, "dtype": str(self.dtype).replace("torch.", "")}
 
     @property
     def vocab_size(self) -> int:

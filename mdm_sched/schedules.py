@@ -98,6 +98,10 @@ class Schedule(PretrainedJSON):
             out.append(k)
         self._sizes = tuple(out)
         self._name = name
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise ValueError(f"metadata must be a dict, got {type(metadata).__name__}")
+        if name is not None and not isinstance(name, str):
+            raise ValueError(f"name must be a string, got {type(name).__name__}")
         self._metadata = dict(metadata or {})
 
     # -- read-only views -------------------------------------------------------------------------
@@ -203,7 +207,12 @@ class Schedule(PretrainedJSON):
         """Inverse of :meth:`to_dict`; a foreign, newer-format or corrupted object raises ValueError."""
         data = check_format(dict(data) if isinstance(data, Mapping) else data, fmt=_FORMAT, version=_FORMAT_VERSION,
                             what="schedule")
-        sched = cls(data["sizes"], name=data.get("name"), metadata=data.get("metadata"))
+        if "sizes" not in data:
+            raise ValueError("corrupted schedule: no 'sizes' field")
+        try:
+            sched = cls(data["sizes"], name=data.get("name"), metadata=data.get("metadata"))
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"corrupted schedule ({type(exc).__name__}: {exc})") from exc
         if "n_tokens" in data and data["n_tokens"] != sched.n_tokens:
             raise ValueError(f"corrupted schedule: sizes sum to {sched.n_tokens} but n_tokens={data['n_tokens']}")
         return sched
