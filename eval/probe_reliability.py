@@ -159,6 +159,8 @@ def schedule_file(**changes: object) -> Path:
 
 
 def unwritable_dir() -> Path:
+    if os.geteuid() == 0:  # root writes anywhere a mode allows nothing: use a folder no one can create files in
+        return Path("/sys")
     d = tmpdir() / "ro"
     d.mkdir()
     d.chmod(0o500)
@@ -658,7 +660,7 @@ def cli_probes() -> list[Probe]:
         Probe(P, "generate --out in an unwritable folder", lambda: cli(["generate", "--model", bert(), "--gen-length", "4",
                                                                         "--out", ro() + "/s.jsonl"], "--out")),
         Probe(P, "generate --out in a missing folder", lambda: cli(["generate", "--model", bert(), "--gen-length", "4",
-                                                                    "--out", "/tmp/no/such/dir/s.jsonl"], "--out")),
+                                                                    "--out", str(tmpdir() / "no/such/dir/s.jsonl")], "--out")),
         Probe(P, "generate --device cuda on a CPU build", _cli_cuda),
         Probe(P, "generate --prompt with characters the tokenizer cannot encode",
               lambda: cli(["generate", "--model", bert(), "--gen-length", "4", "--prompt", "AC!!XZ"], "--prompt",
@@ -681,7 +683,7 @@ def cli_probes() -> list[Probe]:
                            "--checkpoint", ro() + "/ck.npz"], "--checkpoint")),
         Probe(P, "profile --checkpoint in a missing folder (no implicit mkdir)",
               lambda: cli(["profile", "--model", bert(), "--data", data(), "--out", str(tmpdir() / "p.json"),
-                           "--checkpoint", "/tmp/no/such/dir/ck.npz"], "--checkpoint")),
+                           "--checkpoint", str(tmpdir() / "no/such/dir/ck.npz")], "--checkpoint")),
         Probe(P, "profile --batch-size 0", lambda: cli(["profile", "--model", bert(), "--data", data(),
                                                         "--out", str(tmpdir() / "p.json"), "--batch-size", "0"],
                                                        "--batch-size")),
@@ -702,7 +704,7 @@ def cli_probes() -> list[Probe]:
         Probe(P, "schedule --out in an unwritable folder",
               lambda: cli(["schedule", "--profile", prof(), "--steps", "4", "--out", ro() + "/s.json"], "--out")),
         Probe(P, "schedule --out in a missing folder (no implicit mkdir)",
-              lambda: cli(["schedule", "--profile", prof(), "--steps", "4", "--out", "/tmp/no/such/dir/s.json"], "--out")),
+              lambda: cli(["schedule", "--profile", prof(), "--steps", "4", "--out", str(tmpdir() / "no/such/dir/s.json")], "--out")),
         Probe(P, "subprocess: mdm-sched generate --model /nonexistent", _cli_subprocess),
     ]
 

@@ -14,6 +14,7 @@ Rules (documented once, here):
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -46,9 +47,23 @@ def chat_prompts(mlm: MaskedLM, prompts: PromptLike | None, messages: Conversati
     return mlm.encode_chat([[{"role": "user", "content": t}] for t in texts])
 
 
+def unknown_tokens(mlm: MaskedLM, texts: Sequence[str]) -> list[int]:
+    """Indices of the texts whose encoding holds the tokenizer's unknown token (characters it cannot encode)."""
+    unk = getattr(mlm.tokenizer, "unk_token_id", None) if mlm.tokenizer is not None else None
+    if unk is None:
+        return []
+    return [i for i, row in enumerate(mlm.encode(list(texts))) if unk in row]
+
+
 def _rows_from_lists(mlm: MaskedLM, prompts: Sequence) -> list[list[int]]:
     if all(isinstance(p, str) for p in prompts):
-        return mlm.encode(list(prompts))
+        rows = mlm.encode(list(prompts))
+        unk = getattr(mlm.tokenizer, "unk_token_id", None)
+        bad = [i for i, r in enumerate(rows) if unk is not None and unk in r]
+        if bad:
+            warnings.warn(f"prompt {bad[0]} ({prompts[bad[0]][:40]!r}) holds characters the tokenizer cannot encode; "
+                          "they become the unknown token", UserWarning, stacklevel=5)
+        return rows
     if all(is_int(p) for p in prompts):
         return [[int(p) for p in prompts]]
     if all(isinstance(p, (list, tuple, torch.Tensor)) for p in prompts):
@@ -92,10 +107,6 @@ def check_prompt_ids(mlm: MaskedLM, ids: torch.Tensor, attn: torch.Tensor) -> No
     col -= int((~attn[row]).sum())  # position within the row's own tokens (rows are left-padded)
     tok = mlm.tokenizer.convert_ids_to_tokens(tid) if mlm.tokenizer is not None else None
     what = f"id {tid}" + (f" ({tok})" if tok is not None else "")
-    unk = mlm.tokenizer is not None and tid == getattr(mlm.tokenizer, "unk_token_id", None)
-    if unk:
-        raise ValueError(f"prompts[{row}] has {what} at position {col}: the tokenizer could not encode part of the "
-                         "prompt text; use only characters of the model's vocabulary")
     raise ValueError(f"prompts[{row}] holds the special token {what} at position {col}: framing, padding and other "
                      "special tokens are added by the library (pad a tensor of prompts with attention_mask=0, not pad "
                      "ids); remove it from the prompt, or use the mask token to have a position infilled")

@@ -49,7 +49,7 @@ from .layout import Layout, ModelInputs, max_content_length
 from .logit_rows import LogitRows
 from .text import Conversation, TextCodec
 from .tokens import Framing, TokenPolicy, config_value, first_int
-from .validation import check_token_ids, is_int
+from .validation import check_device, check_token_ids, is_int
 
 __all__ = ["MaskedLM", "wrap", "load_masked_lm", "detect_family", "weights_fingerprint", "FAMILIES", "LLADA_MASK_TOKEN_ID"]
 
@@ -694,7 +694,13 @@ def wrap(model: nn.Module | MaskedLM, tokenizer: Any = None, mask_token_id: int 
 # --------------------------------------------------------------------------------------------------
 
 def _source(name: str) -> tuple[str, dict]:
-    """(loadable path or hub id, the directory's ``mdm_sched.json`` facts or ``{}``)."""
+    """(loadable path or hub id, the directory's ``mdm_sched.json`` facts or ``{}``); a name that is neither a
+    built-in model, an existing path nor shaped like a Hub id (``name`` or ``owner/name``) does not exist."""
+    from .hub import _is_repo_id
+
+    if name not in assets.BUILTIN_MODELS and not Path(name).expanduser().exists() and not _is_repo_id(name):
+        raise FileNotFoundError(f"model {name} does not exist: give a built-in name ({', '.join(assets.BUILTIN_MODELS)}), "
+                                "an existing model folder or a Hub id (owner/name)")
     path = str(assets.resolve(name)) if name in assets.BUILTIN_MODELS else name
     meta = assets.read_metadata(path) if Path(path).is_dir() else None
     return path, meta or {}
@@ -710,6 +716,10 @@ def _load_config(path: str, name: str, trust_remote_code: bool) -> Any:
             raise ValueError(f"{name} ships its own modelling code; load it with "
                              "load_masked_lm(..., trust_remote_code=True) if you trust its source") from exc
         raise
+    except OSError as exc:  # not a model folder, or a Hub id that is not in the cache / cannot be reached
+        where = "folder" if Path(path).is_dir() else "Hub id"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"model {name}: cannot load a model config from this {where} ({first})") from exc
 
 
 def _loading_family(name: str, config: Any, explicit: str | Family | None, meta: dict, trust_remote_code: bool) -> Family:
@@ -766,7 +776,10 @@ def load_masked_lm(name_or_path: str | os.PathLike, *, trust_remote_code: bool =
         tokenizer: use this tokenizer instead of loading one from the same place.
         wrap_kwargs: passed to :func:`wrap` (``allowed_tokens``, ``suppress_tokens``, ``mask_token_id`` ...).
     """
-    name = str(name_or_path)
+    name = os.fspath(name_or_path) if isinstance(name_or_path, (str, os.PathLike)) else name_or_path
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name_or_path must be a model name, folder or Hub id (str or path), got {name_or_path!r}")
+    check_device(device)
     path, meta = _source(name)
     if isinstance(dtype, str):
         if not isinstance(getattr(torch, dtype, None), torch.dtype):

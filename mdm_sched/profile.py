@@ -495,6 +495,9 @@ class InformationProfile(PretrainedJSON):
             v = data.get(key)
             return None if v is None else [math.nan if x is None else x for x in v]
 
+        missing = [k for k in ("levels", "ce", "se", "n_tokens") if data.get(k) is None]
+        if missing:
+            raise ValueError(f"corrupted profile: no {', '.join(repr(k) for k in missing)} field; re-estimate it")
         try:
             return cls(data["levels"], floats("ce"), floats("se"), n_tokens=data["n_tokens"],
                        entropy=floats("entropy"), entropy_se=floats("entropy_se"), accuracy=floats("accuracy"),

@@ -130,8 +130,9 @@ def generate(model: ModelLike, prompts: PromptLike | None = None, *,
             attended id must lie in ``[0, vocab_size)``. **Special ids inside prompts are refused** (ValueError
             naming the row and position): framing tokens (CLS/SEP/BOS the adapter adds itself), the pad id (when it
             is not also EOS: pad a tensor with ``attention_mask=0`` instead) and, for families that never sample
-            special tokens (BERT-style), every special token but the mask, ``[UNK]`` included (text the tokenizer
-            could not encode). EOS and chat-template tokens of diffusion LMs (LLaDA, Dream) are content and allowed.
+            special tokens (BERT-style), every special token but the mask and ``[UNK]`` (text the tokenizer could
+            not encode becomes ``[UNK]`` with a warning). EOS and chat-template tokens of diffusion LMs (LLaDA,
+            Dream) are content and allowed.
         generation_config: a :class:`~mdm_sched.config.MaskedGenerationConfig`; ``settings`` override its fields.
         generator: the only source of randomness: one ``torch.Generator`` (any device) or one per row.
         attention_mask: marks real prompt tokens when ``prompts`` is a padded tensor.

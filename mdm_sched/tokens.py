@@ -90,7 +90,7 @@ class TokenPolicy:
     ``(None, None)`` for families without framing), ``never`` (ids never sampled, before ``allowed``),
     ``allowed`` (ids that may be sampled, or ``None`` for all), ``layout_ids`` (ids that are layout, not content:
     framing, padding distinct from EOS and, for families that suppress special tokens, every special token but the
-    mask; prompts may not hold them, see :func:`mdm_sched.generate`).
+    mask and ``[UNK]``; prompts may not hold them, see :func:`mdm_sched.generate`).
     """
 
     def __init__(self, *, mask_token_id: int, pad_token_id: int | None, eos_token_id: int | None,
@@ -132,7 +132,7 @@ class TokenPolicy:
         if family.suppress_special_tokens:
             never |= {i for i in (*frame, pad) if i is not None}
             never |= {int(i) for i in (getattr(tokenizer, "all_special_ids", None) or [])}
-            layout = set(never)
+            layout = set(never) - {tokenizer_id(tokenizer, "unk_token_id")}  # [UNK] is input the model knows
         elif pad is not None and pad != eos:
             never.add(pad)  # diffusion LMs often pad with EOS, which must stay samplable (it ends the text)
             layout.add(pad)

@@ -150,8 +150,21 @@ def check_output_path(path: Any, name: str, *, folder_ok: bool = False, create_p
                 raise FileNotFoundError(f"{name} {path}: the folder {target} does not exist; create it first")
             while not target.is_dir():
                 target = target.parent
-    if not os.access(target, os.W_OK | os.X_OK):
+    if not os.access(target, os.W_OK | os.X_OK) or not _can_create_in(target):
         raise PermissionError(f"{name} {path}: the folder {target} is not writable; choose another path")
     if p.exists() and not p.is_dir() and not os.access(p, os.W_OK):
         raise PermissionError(f"{name} {path} exists and is not writable; choose another path")
     return p
+
+
+def _can_create_in(folder: Path) -> bool:
+    """Whether a file can really be created in ``folder`` (``os.access`` says yes to root on read-only mounts)."""
+    import tempfile
+
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".mdm_sched_write_check.", dir=folder)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(tmp)
+    return True
