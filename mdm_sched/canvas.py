@@ -37,14 +37,18 @@ def chat_prompts(mlm: MaskedLM, prompts: PromptLike | None, messages: Conversati
     if messages is not None:
         if prompts is not None:
             raise ValueError("pass either prompts= or messages=, not both")
-        return mlm.encode_chat(messages)
+        return TemplatedPrompts(mlm.encode_chat(messages))
     if not apply_chat_template:
         return prompts
     texts = [prompts] if isinstance(prompts, str) else prompts
     if not (isinstance(texts, (list, tuple)) and texts and all(isinstance(t, str) for t in texts)):
         raise ValueError("apply_chat_template=True takes string prompts (each becomes one user message); for token "
                          "ids pass them already templated, or pass messages=[[{'role': 'user', 'content': ...}], ...]")
-    return mlm.encode_chat([[{"role": "user", "content": t}] for t in texts])
+    return TemplatedPrompts(mlm.encode_chat([[{"role": "user", "content": t}] for t in texts]))
+
+
+class TemplatedPrompts(list):
+    """Prompt ids rendered by a chat template: their special tokens (headers, BOS ...) are the template's, on purpose."""
 
 
 def unknown_tokens(mlm: MaskedLM, texts: Sequence[str]) -> list[int]:
@@ -116,7 +120,10 @@ def prompt_tensors(mlm: MaskedLM, prompts: PromptLike, attention_mask: torch.Ten
                    pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded prompt ids ``[B, P]`` and their boolean attention mask, checked (:func:`check_prompt_ids`)."""
     ids, attn = _prompt_tensors(mlm, prompts, attention_mask, pad)
-    check_prompt_ids(mlm, ids, attn)
+    if isinstance(prompts, TemplatedPrompts):
+        check_token_ids(ids, "prompts", mlm.vocab_size, where=attn)
+    else:
+        check_prompt_ids(mlm, ids, attn)
     return ids, attn
 
 

@@ -51,7 +51,7 @@ from .conditioning import Examples
 from .distributed import AcceleratorLike, DistContext
 from .masking import Rows, forward_rows
 from .profile import InformationProfile
-from .validation import check_choice, check_float, check_int, check_optional_int
+from .validation import check_choice, check_float, check_int, check_optional_int, check_output_path
 
 if TYPE_CHECKING:
     from ._types import DataLike, ModelLike, PathLike
@@ -756,7 +756,7 @@ def estimate_profile(model: ModelLike, data: DataLike, *, n_tokens: int | None =
     # of batches is then a random subset, whatever order the data came in.
     perm = torch.randperm(len(h.ex), generator=torch.Generator().manual_seed(_perm_seed(s.seed)))
     rows = Rows(h.ex.ids[perm], h.ex.widths[perm], h.ex.target[perm])
-    ckpt = Path(checkpoint) if checkpoint is not None else None
+    ckpt = check_output_path(checkpoint, "checkpoint", create_parents=True) if checkpoint is not None else None
     if order != "random":
         from .policy import estimate_policy
 

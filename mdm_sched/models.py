@@ -110,10 +110,17 @@ def config_hash(model: nn.Module, family: str, mask_token_id: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _special_ids_tokenizer(model: nn.Module, spec: Family, suppress_tokens: object, allowed_tokens: object) -> Any:
+def _has_vocabulary(tokenizer: Any) -> bool:
+    """False for the tokenizer transformers 5 builds without vocabulary files (special tokens only: every text
+    would become [UNK])."""
+    return len(tokenizer) > len(set(getattr(tokenizer, "all_special_ids", []) or []))
+
+
+def _special_ids_tokenizer(model: nn.Module, spec: Family, suppress_tokens: object, allowed_tokens: object,
+                           framing: Framing | None) -> Any:
     """For a family that never samples special tokens, wrapped without a tokenizer: the tokenizer saved beside the
     model (``config._name_or_path`` when it is a local folder), which names its special ids; ``None`` when the
-    family samples specials anyway or the caller named the ids to avoid (``suppress_tokens``/``allowed_tokens``).
+    family samples specials anyway or the caller named the ids (``suppress_tokens``/``allowed_tokens``/``framing``).
 
     Raises:
         ValueError: no tokenizer can be found, so ``[UNK]``/``[CLS]``/``[SEP]``/``[PAD]`` would be sampled.
@@ -127,9 +134,13 @@ def _special_ids_tokenizer(model: nn.Module, spec: Family, suppress_tokens: obje
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                return AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        except Exception:  # noqa: BLE001 - no usable tokenizer files there: fall through to the error
+                tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            if _has_vocabulary(tok):
+                return tok
+        except Exception:  # noqa: BLE001 - no usable tokenizer files there: fall through
             pass
+    if framing is not None:
+        return None  # the caller named the framing ids: those, pad and mask are never sampled
     raise ValueError(f"{type(model).__name__} is a {spec.name}-family model, which never samples special tokens, but "
                      "no tokenizer is known to name them ([UNK], [CLS], [SEP], [PAD] ...): pass tokenizer=..., or "
                      "suppress_tokens=[ids never to sample] (or allowed_tokens=[ids that may be sampled])")
@@ -194,7 +205,7 @@ class MaskedLM:
         self.name_or_path: str | None = name_or_path if name_or_path is not None else (
             config_value(model, "_name_or_path", "name_or_path") or None)  # type: ignore[assignment]
         id_source = tokenizer if tokenizer is not None else _special_ids_tokenizer(model, spec, suppress_tokens,
-                                                                                    allowed_tokens)
+                                                                                    allowed_tokens, framing)
         self.tokens = TokenPolicy.resolve(spec, model, id_source, mask_token_id=mask_token_id, pad_token_id=pad_token_id,
                                           eos_token_id=eos_token_id, framing=framing, suppress_tokens=suppress_tokens,
                                           allowed_tokens=allowed_tokens, force_mask_token_id=bool(force_mask_token_id))
@@ -755,7 +766,7 @@ def _load_tokenizer(path: str, name: str, trust_remote_code: bool) -> Any:
         return None
     # transformers 5 builds a tokenizer holding only special tokens when the vocabulary file is
     # missing: every text would become [UNK]. Such a tokenizer is worse than none.
-    if len(tokenizer) <= len(set(getattr(tokenizer, "all_special_ids", []) or [])):
+    if not _has_vocabulary(tokenizer):
         warnings.warn(f"the tokenizer found for {name} has no vocabulary beyond special tokens; ignoring it "
                       "(pass tokenizer=... to use text)", stacklevel=3)
         return None

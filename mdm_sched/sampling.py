@@ -132,7 +132,8 @@ def generate(model: ModelLike, prompts: PromptLike | None = None, *,
             is not also EOS: pad a tensor with ``attention_mask=0`` instead) and, for families that never sample
             special tokens (BERT-style), every special token but the mask and ``[UNK]`` (text the tokenizer could
             not encode becomes ``[UNK]`` with a warning). EOS and chat-template tokens of diffusion LMs (LLaDA,
-            Dream) are content and allowed.
+            Dream) are content and allowed, and so are the special tokens a chat template puts in (``messages=``,
+            ``apply_chat_template=True``).
         generation_config: a :class:`~mdm_sched.config.MaskedGenerationConfig`; ``settings`` override its fields.
         generator: the only source of randomness: one ``torch.Generator`` (any device) or one per row.
         attention_mask: marks real prompt tokens when ``prompts`` is a padded tensor.

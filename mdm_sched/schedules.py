@@ -692,6 +692,9 @@ def resolve(spec: ScheduleLike, n_tokens: int, *, steps: int | None = None, prof
         return parse_rule(spec)
     if isinstance(spec, str) and spec not in BUILDERS and os.path.exists(spec):
         return resolve(Schedule.from_pretrained(spec), n_tokens, argname=argname)
+    if isinstance(spec, str) and spec not in BUILDERS and (os.sep in spec or "/" in spec or spec.endswith(".json")):
+        raise FileNotFoundError(f"schedule file {spec} does not exist (a schedule= string is a builder name, a rule such "
+                                "as 'threshold:0.9', or a saved schedule's file or folder)")
     if isinstance(spec, str):
         if steps is None:
             raise ValueError(f"schedule={spec!r} needs steps=<number of model calls per block> (not the total over "
