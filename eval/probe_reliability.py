@@ -735,7 +735,7 @@ def _cli_num_samples() -> tuple[str, str]:
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()), warnings_off():
             rc = cli_mod.main(["generate", "--model", str(tiny_bert_dir()), "--gen-length", "4", "--num-samples", "3",
-                               "--prompt", "ACD"])
+                               "--prompt", "A C D"])
     except SystemExit as exc:
         rc = exc.code
     except Exception as exc:  # noqa: BLE001

@@ -124,7 +124,9 @@ def _read_flag_file(read: Callable[[str], object], path: str, flag: str) -> typi
     try:
         return read(path)
     except (FileNotFoundError, ValueError) as exc:
-        raise type(exc)(f"{flag} {path}: {exc}") from exc
+        text = str(exc)
+        text = text[len(path) + 2:] if text.startswith(f"{path}: ") else text
+        raise type(exc)(f"{flag} {path}: {text}") from exc
 
 
 def _schedule_names() -> tuple[str, ...]:

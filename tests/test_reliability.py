@@ -86,11 +86,11 @@ def bert(bert_dir: Path) -> ms.MaskedLM:
         return ms.load_masked_lm(str(bert_dir))
 
 
-def _profile_file(tmp: Path, **changes: object) -> Path:
+def _profile_file(tmp: Path, name: str = "prof.json", **changes: object) -> Path:
     data = InformationProfile([0, 4, 8], [2.0, 1.5, 1.0], [0.1, 0.1, 0.1], n_tokens=10, metadata={"m": 1}).to_dict()
     for k, v in changes.items():
         data.pop(k) if v is None else data.__setitem__(k, v)
-    path = tmp / "prof.json"
+    path = tmp / name
     path.write_text(json.dumps(data))
     return path
 
@@ -134,7 +134,7 @@ API_CASES = [
     ("negative prompt id", lambda t, b: _gen(Toy(), prompts=[[1, -3]]), ValueError, r"prompts.*-3"),
     ("tensor prompt beyond vocab", lambda t, b: _gen(Toy(), prompts=torch.tensor([[400]])), ValueError, "prompts"),
     ("float tensor prompt", lambda t, b: _gen(Toy(), prompts=torch.tensor([[1.0, 2.0]])), TypeError, "prompts"),
-    ("string prompt without tokenizer", lambda t, b: _gen(Toy(), prompts=["abc"]), ValueError, "tokenizer"),
+    ("string prompt without tokenizer", lambda t, b: _gen(Toy(), prompts=["abc"]), TypeError, "tokenizer"),
     ("CLS inside a bert prompt", lambda t, b: _gen(b, prompts=[[2, 8, 9]]), ValueError, r"prompts\[0\].*\[CLS\]"),
     ("PAD inside a bert prompt", lambda t, b: _gen(b, prompts=[[8, 0, 9]]), ValueError, r"prompts\[0\].*\[PAD\]"),
     ("SEP inside a bert prompt", lambda t, b: _gen(b, prompts=[[8, 3]]), ValueError, r"prompts\[0\].*\[SEP\]"),
@@ -225,7 +225,7 @@ def _cli_cases(bert_dir: Path, tmp: Path) -> list[tuple[str, list[str], str, boo
     """(id, argv, pattern, before_work): ``before_work`` cases must fail before any model is loaded."""
     m, ro = str(bert_dir), str(_unwritable(tmp))
     prof, data = str(_profile_file(tmp)), tmp / "data.txt"
-    data.write_text("ACDEF\nGHIKL\nMNPQR\n")
+    data.write_text("A C D E F\nG H I K L\nM N P Q R\n")
     g = ["generate", "--model", m, "--gen-length", "4"]
     p = ["profile", "--model", m, "--data", str(data), "--out", str(tmp / "p.json"), "--no-progress"]
     s = ["schedule", "--profile", prof, "--steps", "4"]
@@ -253,7 +253,7 @@ def _cli_cases(bert_dir: Path, tmp: Path) -> list[tuple[str, list[str], str, boo
         ("generate system without chat", g + ["--system", "hi"], r"--system is only used with --chat", True),
         ("generate unencodable prompt", g + ["--prompt", "AC!!XZ"], r"--prompt 'AC!!XZ'.*--allow-unk", False),
         ("generate stop-at-eos beyond vocab", g + ["--stop-at-eos", "999"], r"--stop-at-eos=999", False),
-        ("generate special id in prompt", g + ["--prompt", "AC[SEP]D"], r"--prompt\[0\].*\[SEP\]", False),
+        ("generate special id in prompt", g + ["--prompt", "A C [SEP] D"], r"--prompt\[0\].*\[SEP\]", False),
         ("profile missing data", ["profile", "--model", m, "--data", str(tmp / "x.txt"), "--out", str(tmp / "p.json")],
          r"--data .*x\.txt does not exist", True),
         ("profile missing model", ["profile", "--model", str(tmp / "nomodel"), "--data", str(data), "--out",
@@ -274,7 +274,7 @@ def _cli_cases(bert_dir: Path, tmp: Path) -> list[tuple[str, list[str], str, boo
         ("schedule n-tokens 0", s + ["--n-tokens", "0"], r"argument --n-tokens: must be >= 1", True),
         ("schedule steps 0", ["schedule", "--profile", prof, "--steps", "0"], r"argument --steps: must be >= 1", True),
         ("schedule steps beyond n-tokens", s[:-1] + ["40"], r"steps", True),
-        ("schedule profile version '1'", ["schedule", "--profile", str(_profile_file(tmp, version="1")), "--steps", "4"],
+        ("schedule profile version '1'", ["schedule", "--profile", str(_profile_file(tmp, "bad_prof.json", version="1")), "--steps", "4"],
          r"--profile .*prof\.json.*version", True),
         ("schedule unwritable out", s + ["--out", ro + "/s.json"], r"--out .*not writable", True),
         ("schedule out in a missing folder", s + ["--out", str(tmp / "no/dir/s.json")], r"--out .*does not exist", True),
@@ -322,14 +322,14 @@ def test_the_tables_hold_at_least_fifty_bad_inputs(bert_dir, tmp_path):
 
 
 def test_cli_num_samples_with_prompt_gives_that_many_samples(bert_dir, capsys):
-    rc = cli.main(["generate", "--model", str(bert_dir), "--gen-length", "3", "--num-samples", "3", "--prompt", "ACD"])
+    rc = cli.main(["generate", "--model", str(bert_dir), "--gen-length", "3", "--num-samples", "3", "--prompt", "A C D"])
     assert rc == 0
     assert len([ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]) == 3
 
 
 def test_cli_allow_unk_accepts_the_prompt(bert_dir, capsys):
     with pytest.warns(UserWarning, match="cannot encode"):
-        rc = cli.main(["generate", "--model", str(bert_dir), "--gen-length", "3", "--prompt", "AC!D", "--allow-unk"])
+        rc = cli.main(["generate", "--model", str(bert_dir), "--gen-length", "3", "--prompt", "A C ! D", "--allow-unk"])
     assert rc == 0
 
 
@@ -387,7 +387,7 @@ def test_bert_never_samples_special_tokens_even_without_a_tokenizer(bert_dir):
 
 def test_string_prompt_with_unknown_characters_warns(bert):
     with pytest.warns(UserWarning, match="cannot encode"):
-        _gen(bert, prompts=["AC!D"], gen_length=2, schedule=2)
+        _gen(bert, prompts=["A C ! D"], gen_length=2, schedule=2)
 
 
 def test_numpy_integers_are_accepted_wherever_ints_are():
