@@ -40,9 +40,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import numpy as np
+import torch
+from torch import nn
 
 torch.set_num_threads(2)
 CLEAR_TYPES = (ValueError, TypeError, FileNotFoundError)
@@ -191,7 +191,7 @@ def expect_error(fn: Callable[[], object], *keys: str, types: tuple[type, ...] =
     except types as exc:
         msg = f"{type(exc).__name__}: {exc}"
         return ("clear" if _names(str(exc), keys) else "obscure"), msg
-    except Exception as exc:  # noqa: BLE001 - the probe classifies every error
+    except Exception as exc:
         return "obscure", f"{type(exc).__name__}: {exc}"
     return "silent", "no error"
 
@@ -204,7 +204,7 @@ def expect_ok(fn: Callable[[], object], check: Callable[[object], str | None]) -
             out = fn()
     except CLEAR_TYPES as exc:
         return "clear", f"refused: {type(exc).__name__}: {exc}"
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return "obscure", f"{type(exc).__name__}: {exc}"
     problem = check(out)
     return ("silent", problem) if problem else ("clear", "handled")
@@ -252,7 +252,7 @@ def cli(argv: list[str], *keys: str, before_work: bool = True, expect_rc: int = 
                     err.write(exc.code)
     except _Loaded:
         return "obscure", "no error before the model was loaded (the work started)"
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return "crash", f"traceback: {type(exc).__name__}: {exc}".splitlines()[0][:200]
     finally:
         models.load_masked_lm, mdm_sched.load_masked_lm = saved
@@ -521,7 +521,8 @@ def _stray_world_size() -> tuple[str, str]:
         from types import SimpleNamespace
         class T(torch.nn.Module):
             def __init__(self):
-                super().__init__(); self.e = torch.nn.Embedding(10, 10); self.config = SimpleNamespace(vocab_size=10, mask_token_id=9)
+                super().__init__(); self.e = torch.nn.Embedding(10, 10)
+                self.config = SimpleNamespace(vocab_size=10, mask_token_id=9)
             def forward(self, input_ids, attention_mask=None):
                 return SimpleNamespace(logits=self.e(input_ids))
         try:
@@ -627,10 +628,10 @@ def _recipe_weights_only() -> tuple[str, str]:
 
 def cli_probes() -> list[Probe]:
     P = "CLI"
-    bert = lambda: str(tiny_bert_dir())  # noqa: E731
-    ro = lambda: str(unwritable_dir())  # noqa: E731
-    prof = lambda: str(profile_file())  # noqa: E731
-    data = lambda: _data_file("AC DE FG HI KL".replace(" ", "\n"))  # noqa: E731
+    bert = lambda: str(tiny_bert_dir())
+    ro = lambda: str(unwritable_dir())
+    prof = lambda: str(profile_file())
+    data = lambda: _data_file("AC DE FG HI KL".replace(" ", "\n"))
     return [
         Probe(P, "generate --model /nonexistent", lambda: cli(["generate", "--model", "/no/such/model", "--gen-length", "4"],
                                                               "does not exist", "--model", before_work=False)),
@@ -704,7 +705,8 @@ def cli_probes() -> list[Probe]:
         Probe(P, "schedule --out in an unwritable folder",
               lambda: cli(["schedule", "--profile", prof(), "--steps", "4", "--out", ro() + "/s.json"], "--out")),
         Probe(P, "schedule --out in a missing folder (no implicit mkdir)",
-              lambda: cli(["schedule", "--profile", prof(), "--steps", "4", "--out", str(tmpdir() / "no/such/dir/s.json")], "--out")),
+              lambda: cli(["schedule", "--profile", prof(), "--steps", "4", "--out", str(tmpdir() / "no/such/dir/s.json")],
+                          "--out")),
         Probe(P, "subprocess: mdm-sched generate --model /nonexistent", _cli_subprocess),
     ]
 
@@ -738,7 +740,7 @@ def _cli_num_samples() -> tuple[str, str]:
                                "--prompt", "A C D"])
     except SystemExit as exc:
         rc = exc.code
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return "crash", f"{type(exc).__name__}: {exc}"
     lines = [ln for ln in out.getvalue().splitlines() if ln.strip()]
     if rc != 0:
@@ -750,11 +752,8 @@ def _cli_help() -> tuple[str, str]:
     from mdm_sched import cli as cli_mod
 
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        try:
-            cli_mod.main(["profile", "--help"])
-        except SystemExit:
-            pass
+    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+        cli_mod.main(["profile", "--help"])
     text = " ".join(out.getvalue().split())
     start = max(text.rfind("--checkpoint CHECKPOINT"), text.rfind("--checkpoint FILE"))
     seg = text[start:start + 200] if start >= 0 else text
@@ -797,7 +796,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         try:
             outcome, msg = p.run()
-        except Exception as exc:  # noqa: BLE001 - a broken probe is reported, not fatal
+        except Exception as exc:
             outcome, msg = "crash", f"probe failed: {type(exc).__name__}: {exc}"
             if args.verbose:
                 traceback.print_exc()

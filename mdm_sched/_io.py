@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-
 #: A temporary file of a write whose process cannot be identified is stale after this many seconds.
 _STALE_TMP_SECONDS = 600.0
 

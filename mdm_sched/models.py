@@ -137,7 +137,7 @@ def _special_ids_tokenizer(model: nn.Module, spec: Family, suppress_tokens: obje
                 tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
             if _has_vocabulary(tok):
                 return tok
-        except Exception:  # noqa: BLE001 - no usable tokenizer files there: fall through
+        except Exception:
             pass
     if framing is not None:
         return None  # the caller named the framing ids: those, pad and mask are never sampled
