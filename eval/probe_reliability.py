@@ -778,6 +778,69 @@ def _cli_subprocess() -> tuple[str, str]:
 
 CLASSES = ("clear", "obscure", "silent", "crash")
 
+#: The issue's "Why" bullets (issue 14), each with the probes that try it (exact probe names); the rest are extra.
+BULLETS: dict[str, tuple[str, ...]] = {
+    "W1 temperature 1e-40 / 1e39": ("temperature=1e-40", "temperature=1e39", "temperature=1e-40, order=confidence",
+                                    "temperature=1e39, order=entropy"),
+    "W2 prompt ids beyond vocab / negative": ("prompt id beyond the vocabulary (list)", "negative prompt id (list)",
+                                              "prompt id beyond the vocabulary (tensor)"),
+    "W3 stop_at_eos beyond vocab; generator=123": ("stop_at_eos beyond the vocabulary", "generator=123"),
+    "W4 mask id beyond vocab / vs tokenizer": ("mask_token_id beyond the vocabulary",
+                                               "mask_token_id contradicting the tokenizer's"),
+    "W5 logits short / narrower than vocab": ("logits one position short", "logits narrower than the vocabulary"),
+    "W6 pad/CLS/EOS ids inside a prompt": ("CLS inside a prompt (bert family)", "PAD inside a prompt (bert family)",
+                                           "SEP inside a prompt (bert family)"),
+    "W7 profile with negative CE": ("profile with negative CE",),
+    "W8 CLI paths, 0-flags, out, unk, ckpt, help": (
+        "generate --model /nonexistent", "generate --schedule missing.json", "generate --gen-length 0",
+        "generate --out in an unwritable folder", "profile --out in an unwritable folder",
+        "generate --prompt with characters the tokenizer cannot encode", "profile --checkpoint in an unwritable folder",
+        "profile --help calls the checkpoint an .npz", "profile --checkpoint in a missing folder (no implicit mkdir)"),
+    "W9 run_eval(model obj); k-mer dense": ("run_eval with a model object", "kmer_js with a vocabulary of 5000 (k=3)"),
+    "W10 stray WORLD_SIZE>1": ("stray WORLD_SIZE=2: estimate_profile",),
+    "W11 identity ignores weights/dtype": ("resume a float32 checkpoint with a bf16 model",
+                                           "resume a checkpoint with other weights (same architecture)",
+                                           "profile.check(strict=True) with other weights"),
+    "W12 BERT w/o tokenizer samples specials": ("BERT wrapped without a tokenizer never samples specials",),
+    "W13 JSON wrong field types": ("profile with version '1' (string)", "schedule without sizes",
+                                   "profile with metadata a list", "schedule --profile with a wrong field type"),
+    "W14 CLI 0-flags, num-samples, cuda, model": (
+        "generate --steps 0", "schedule --n-tokens 0", "generate --num-samples 3 --prompt X: 3 samples",
+        "generate --device cuda on a CPU build", "generate --model unknown-hub-name", "profile --data corrupted file"),
+    "W15 np.int64; float mask id; SIGKILL tmp": ("np.int64 gen_length / steps / prompt ids", "float mask_token_id=39.0",
+                                                 "SIGKILL during a save: hidden temp files"),
+    "W16 recipe torch.load weights_only": ("recipes/train_text_mdm.py loads with weights_only=True",),
+    "W17 batch dependence (documented)": ("per-row generators: a row is independent of the batch",),
+}
+
+
+def bullet_of(name: str) -> str:
+    for bullet, names in BULLETS.items():
+        if name in names:
+            return bullet
+    return "extra probes"
+
+
+def print_table(title: str, rows: list[dict[str, str]], key: str) -> None:
+    """One markdown table: per value of ``key``, probes tried and their outcome classes."""
+    tally: dict[str, dict[str, int]] = {}
+    for r in rows:
+        tally.setdefault(r[key], dict.fromkeys(CLASSES, 0))[r["outcome"]] += 1
+    width = max(len(title), *(len(k) for k in tally))
+    print(f"| {title:{width}s} | tried | clear | obscure | silent | crash |")
+    print(f"|{'-' * (width + 2)}|-------|-------|---------|--------|-------|")
+    total = dict.fromkeys(CLASSES, 0)
+    known = [*BULLETS, "extra probes"]
+    ordered = sorted(tally, key=known.index) if all(k in known for k in tally) else list(tally)
+    for group in ordered:
+        t = tally[group]
+        for c in CLASSES:
+            total[c] += t[c]
+        print(f"| {group:{width}s} | {sum(t.values()):5d} | {t['clear']:5d} | {t['obscure']:7d} | {t['silent']:6d} | "
+              f"{t['crash']:5d} |")
+    print(f"| {'total':{width}s} | {sum(total.values()):5d} | {total['clear']:5d} | {total['obscure']:7d} | "
+          f"{total['silent']:6d} | {total['crash']:5d} |")
+
 
 def all_probes() -> list[Probe]:
     return ids_probes() + model_output_probes() + file_probes() + numeric_probes() + identity_probes() + cli_probes()
@@ -790,7 +853,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None, help="also write the outcomes here")
     args = ap.parse_args(argv)
     probes = [p for p in all_probes() if args.only is None or args.only in p.name]
-    tally: dict[str, dict[str, int]] = {}
     rows = []
     for p in probes:
         t0 = time.time()
@@ -800,22 +862,13 @@ def main(argv: list[str] | None = None) -> int:
             outcome, msg = "crash", f"probe failed: {type(exc).__name__}: {exc}"
             if args.verbose:
                 traceback.print_exc()
-        rows.append({"group": p.group, "probe": p.name, "outcome": outcome, "message": msg})
-        t = tally.setdefault(p.group, dict.fromkeys(CLASSES, 0))
-        t[outcome] += 1
+        rows.append({"group": p.group, "bullet": bullet_of(p.name), "probe": p.name, "outcome": outcome, "message": msg})
         line = f"{outcome:8s} {p.group:26s} {p.name}"
         print(line + (f"\n         -> {msg[:300]}" if args.verbose else "") + f"  ({time.time() - t0:.1f}s)", flush=True)
     print()
-    print(f"| {'group':26s} | tried | clear | obscure | silent | crash |")
-    print(f"|{'-' * 28}|-------|-------|---------|--------|-------|")
-    total = dict.fromkeys(CLASSES, 0)
-    for group, t in tally.items():
-        for c in CLASSES:
-            total[c] += t[c]
-        print(f"| {group:26s} | {sum(t.values()):5d} | {t['clear']:5d} | {t['obscure']:7d} | {t['silent']:6d} | "
-              f"{t['crash']:5d} |")
-    print(f"| {'total':26s} | {sum(total.values()):5d} | {total['clear']:5d} | {total['obscure']:7d} | "
-          f"{total['silent']:6d} | {total['crash']:5d} |")
+    print_table("issue bullet", rows, "bullet")
+    print()
+    print_table("group", rows, "group")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0

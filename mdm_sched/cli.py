@@ -591,7 +591,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser, base: EvalConfig, out: s
                         help="no judge model (same as --judge none)")
     parser.add_argument("--out", default=None, help=f"output folder: report, plots, numbers, caches for resuming "
                                                     f"(default: {out})")
-    parser.add_argument("--threads", type=int, default=threads,
+    parser.add_argument("--threads", type=_at_least(1), default=threads,
                         help=f"torch CPU threads for this command (1 is fastest on a busy machine; default: {threads})")
 
 
@@ -647,6 +647,9 @@ def _run_and_print(cfg: EvalConfig, out: str, threads: int | None) -> int:
     from mdm_sched import report
     from mdm_sched.harness import run_eval
 
+    from mdm_sched.validation import check_output_path
+
+    check_output_path(out, "--out", folder_ok=True)  # the output folder (created if its parent exists)
     if threads:
         torch.set_num_threads(threads)  # the command's choice; library code never sets it
     t0 = time.time()

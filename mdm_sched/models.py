@@ -376,6 +376,10 @@ class MaskedLM:
             if tid >= width:
                 raise ValueError(f"{arg}={tid} is outside the vocabulary of {name}, whose logits cover ids "
                                  f"[0, {width}): pass the model's own {arg} (or the matching tokenizer)")
+        for arg, ids in (("suppress_tokens", self.tokens.suppressed), ("allowed_tokens", self.tokens.allowed or ())):
+            bad = sorted(i for i in ids if not 0 <= i < width)
+            if bad:
+                raise ValueError(f"{arg} holds id {bad[0]}, outside the vocabulary of {name} (ids [0, {width}))")
         self._width_ok = width
 
     @contextlib.contextmanager

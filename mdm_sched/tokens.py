@@ -103,6 +103,7 @@ class TokenPolicy:
         self.never: frozenset[int] = frozenset(never)
         self.allowed: frozenset[int] | None = None if allowed is None else frozenset(allowed)
         self.layout_ids: frozenset[int] = frozenset(layout_ids) - {mask_token_id}
+        self.suppressed: frozenset[int] = frozenset()  # the caller's suppress_tokens (set by resolve)
         if self.allowed is not None and not self.allowed:
             raise ValueError("allowed_tokens is empty: pass at least one token that may be sampled")
         self._masks: dict[tuple[int, torch.device], torch.Tensor] = {}
@@ -136,11 +137,13 @@ class TokenPolicy:
         elif pad is not None and pad != eos:
             never.add(pad)  # diffusion LMs often pad with EOS, which must stay samplable (it ends the text)
             layout.add(pad)
-        if suppress_tokens is not None:
-            never |= set(token_ids(suppress_tokens, tokenizer, "suppress_tokens"))
+        suppressed = set() if suppress_tokens is None else set(token_ids(suppress_tokens, tokenizer, "suppress_tokens"))
+        never |= suppressed
         allowed = None if allowed_tokens is None else token_ids(allowed_tokens, tokenizer, "allowed_tokens")
-        return cls(mask_token_id=mask, pad_token_id=pad, eos_token_id=eos, framing=frame, never=never, allowed=allowed,
-                   layout_ids=layout)
+        policy = cls(mask_token_id=mask, pad_token_id=pad, eos_token_id=eos, framing=frame, never=never, allowed=allowed,
+                     layout_ids=layout)
+        policy.suppressed = frozenset(suppressed)
+        return policy
 
     @property
     def n_framing(self) -> int:

@@ -152,6 +152,9 @@ API_CASES = [
     ("bert module without a tokenizer", lambda t, b: ms.wrap(__import__("transformers").BertForMaskedLM(
         __import__("transformers").BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
                                               intermediate_size=8)), mask_token_id=4), ValueError, "tokenizer="),
+    ("suppress_tokens beyond vocab", lambda t, b: ms.wrap(Toy(), suppress_tokens=[50]), ValueError,
+     r"suppress_tokens holds id 50"),
+    ("allowed_tokens negative", lambda t, b: ms.wrap(Toy(), allowed_tokens=[1, -1]), ValueError, r"allowed_tokens holds id -1"),
     ("logits one position short", lambda t, b: _gen(Toy("short")), ValueError, r"Toy returned logits of shape"),
     ("logits narrower than vocab", lambda t, b: _gen(Toy("narrow")), ValueError, r"Toy.*30 token ids.*vocab_size=40"),
     ("logits of another batch", lambda t, b: _gen(Toy("batch")), ValueError, r"Toy returned logits of shape \(2,"),
@@ -269,6 +272,10 @@ def _cli_cases(bert_dir: Path, tmp: Path) -> list[tuple[str, list[str], str, boo
         ("profile target-se 0", p + ["--target-se", "0"], r"argument --target-se: must be a finite number > 0", True),
         ("profile gain-steps text", p + ["--gain-steps", "a,b"], r"--gain-steps", True),
         ("profile region text", p + ["--region", "x"], r"--region", False),
+        ("eval threads 0", ["eval", "--threads", "0", "--out", str(tmp / "ev")], r"argument --threads: must be >= 1", True),
+        ("eval num-samples 0", ["eval", "--num-samples", "0", "--out", str(tmp / "ev")], r"--num-samples must be >= 1",
+         True),
+        ("eval unwritable out", ["eval", "--out", ro + "/ev"], r"--out .*not writable", True),
         ("schedule missing profile", ["schedule", "--profile", str(tmp / "none.json"), "--steps", "4"],
          r"--profile .*none\.json.*does not exist", True),
         ("schedule n-tokens 0", s + ["--n-tokens", "0"], r"argument --n-tokens: must be >= 1", True),
@@ -300,7 +307,7 @@ def _run_main(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.C
     return rc, capsys.readouterr().err
 
 
-_N_CLI = 40
+_N_CLI = 43
 
 
 @pytest.mark.parametrize("index", range(_N_CLI))
