@@ -674,7 +674,7 @@ def cli_probes() -> list[Probe]:
                                                              "--out", str(tmpdir() / "p.json")], "does not exist")),
         Probe(P, "profile --data corrupted file", lambda: cli(["profile", "--model", bert(), "--data", _corrupt_parquet(),
                                                                "--out", str(tmpdir() / "p.json"), "--no-progress"],
-                                                              "--data", "parquet", before_work=False)),
+                                                              "--data", before_work=False)),
         Probe(P, "profile --model missing", lambda: cli(["profile", "--model", "/no/such/model", "--data", data(),
                                                          "--out", str(tmpdir() / "p.json")], "does not exist")),
         Probe(P, "profile --out in an unwritable folder", lambda: cli(["profile", "--model", bert(), "--data", data(),

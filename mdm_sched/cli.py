@@ -646,7 +646,6 @@ def _run_and_print(cfg: EvalConfig, out: str, threads: int | None) -> int:
 
     from mdm_sched import report
     from mdm_sched.harness import run_eval
-
     from mdm_sched.validation import check_output_path
 
     check_output_path(out, "--out", folder_ok=True)  # the output folder (created if its parent exists)

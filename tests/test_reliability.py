@@ -111,6 +111,11 @@ def _gen(model: object, **kw: object) -> ms.GenerationOutput:
     return ms.generate(model, **kw)
 
 
+def _corrupt(path: Path) -> Path:
+    path.write_bytes(b"PAR1 not a parquet file")
+    return path
+
+
 def _unwritable(tmp: Path) -> Path:
     """A folder this process cannot create files in (root ignores modes: /sys refuses even root)."""
     if os.geteuid() == 0:
@@ -259,6 +264,8 @@ def _cli_cases(bert_dir: Path, tmp: Path) -> list[tuple[str, list[str], str, boo
         ("generate special id in prompt", g + ["--prompt", "A C [SEP] D"], r"--prompt\[0\].*\[SEP\]", False),
         ("profile missing data", ["profile", "--model", m, "--data", str(tmp / "x.txt"), "--out", str(tmp / "p.json")],
          r"--data .*x\.txt does not exist", True),
+        ("profile corrupted data file", p[:4] + [str(_corrupt(tmp / "d.parquet"))] + p[5:],
+         r"--data=.*d\.parquet.* cannot be read", False),
         ("profile missing model", ["profile", "--model", str(tmp / "nomodel"), "--data", str(data), "--out",
                                    str(tmp / "p.json")], r"--model .*does not exist", True),
         ("profile unwritable out", p[:-3] + ["--out", ro + "/p.json"], r"--out .*not writable", True),
@@ -307,7 +314,7 @@ def _run_main(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.C
     return rc, capsys.readouterr().err
 
 
-_N_CLI = 43
+_N_CLI = 44
 
 
 @pytest.mark.parametrize("index", range(_N_CLI))
