@@ -25,7 +25,8 @@ from .models import MaskedLM
 from .text import Conversation
 from .validation import check_token_ids, is_int
 
-__all__ = ["Canvas", "Block", "prompt_tensors", "check_prompt_ids", "plan_blocks", "chat_prompts"]
+__all__ = ["Canvas", "Block", "prompt_tensors", "check_prompt_ids", "unknown_tokens", "plan_blocks", "chat_prompts",
+           "TemplatedPrompts"]
 
 
 def chat_prompts(mlm: MaskedLM, prompts: PromptLike | None, messages: Conversation | Sequence[Conversation] | None,
@@ -53,17 +54,18 @@ class TemplatedPrompts(list):
 
 def unknown_tokens(mlm: MaskedLM, texts: Sequence[str]) -> list[int]:
     """Indices of the texts whose encoding holds the tokenizer's unknown token (characters it cannot encode)."""
-    unk = getattr(mlm.tokenizer, "unk_token_id", None) if mlm.tokenizer is not None else None
-    if unk is None:
-        return []
-    return [i for i, row in enumerate(mlm.encode(list(texts))) if unk in row]
+    return _unknown_rows(mlm, mlm.encode(list(texts))) if mlm.tokenizer is not None else []
+
+
+def _unknown_rows(mlm: MaskedLM, rows: list[list[int]]) -> list[int]:
+    unk = getattr(mlm.tokenizer, "unk_token_id", None)
+    return [] if unk is None else [i for i, row in enumerate(rows) if unk in row]
 
 
 def _rows_from_lists(mlm: MaskedLM, prompts: Sequence) -> list[list[int]]:
     if all(isinstance(p, str) for p in prompts):
         rows = mlm.encode(list(prompts))
-        unk = getattr(mlm.tokenizer, "unk_token_id", None)
-        bad = [i for i, r in enumerate(rows) if unk is not None and unk in r]
+        bad = _unknown_rows(mlm, rows)
         if bad:
             warnings.warn(f"prompt {bad[0]} ({prompts[bad[0]][:40]!r}) holds characters the tokenizer cannot encode; "
                           "they become the unknown token", UserWarning, stacklevel=5)

@@ -408,7 +408,7 @@ class MaskedLM:
             positions = positions.to(device).bool()
             if positions.shape != ids.shape:
                 raise ValueError(f"positions shape {tuple(positions.shape)} != input_ids shape {tuple(ids.shape)}")
-        if ids.dtype in (torch.bool, torch.float16, torch.bfloat16, torch.float32, torch.float64) or ids.is_complex():
+        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
             raise TypeError(f"input_ids must hold integer token ids, got dtype {ids.dtype}")
         check_token_ids(ids, "input_ids", self.vocab_size, where=attn)
         if self.max_length is not None and ids.shape[1] > self.max_length:
