@@ -1,18 +1,58 @@
 """Atomic file writes: a crash or a concurrent reader never sees a half-written file."""
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
+#: A temporary file of a write whose process cannot be identified is stale after this many seconds.
+_STALE_TMP_SECONDS = 600.0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's) or cannot tell: keep its file
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the hidden temporary files that killed writes of ``path`` left beside it (``.NAME.PID.*.tmp`` of a
+    process no longer running, or older than 10 minutes when the name carries no process id); returns them."""
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        parts = tmp.name[len(path.name) + 2:].split(".")
+        pid = int(parts[0]) if len(parts) >= 3 and parts[0].isdigit() else None
+        try:
+            stale = (not _pid_alive(pid)) if pid is not None else time.time() - tmp.stat().st_mtime > _STALE_TMP_SECONDS
+            if stale and pid != os.getpid():
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:  # vanished meanwhile, or not ours to delete
+            continue
+    return removed
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and ``os.replace``."""
+    """Write ``data`` to ``path`` through a temporary file in the same directory and ``os.replace``.
+
+    The temporary file is ``.NAME.PID.XXXX.tmp``; one left by a killed process (SIGKILL cannot be caught) is
+    removed by the next write of the same path (:func:`remove_stale_temporaries`).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

@@ -14,6 +14,7 @@ Rules (documented once, here):
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -22,9 +23,10 @@ import torch
 from ._types import PromptLike
 from .models import MaskedLM
 from .text import Conversation
-from .validation import is_int
+from .validation import check_token_ids, is_int
 
-__all__ = ["Canvas", "Block", "prompt_tensors", "plan_blocks", "chat_prompts"]
+__all__ = ["Canvas", "Block", "prompt_tensors", "check_prompt_ids", "unknown_tokens", "plan_blocks", "chat_prompts",
+           "TemplatedPrompts"]
 
 
 def chat_prompts(mlm: MaskedLM, prompts: PromptLike | None, messages: Conversation | Sequence[Conversation] | None,
@@ -36,19 +38,38 @@ def chat_prompts(mlm: MaskedLM, prompts: PromptLike | None, messages: Conversati
     if messages is not None:
         if prompts is not None:
             raise ValueError("pass either prompts= or messages=, not both")
-        return mlm.encode_chat(messages)
+        return TemplatedPrompts(mlm.encode_chat(messages))
     if not apply_chat_template:
         return prompts
     texts = [prompts] if isinstance(prompts, str) else prompts
     if not (isinstance(texts, (list, tuple)) and texts and all(isinstance(t, str) for t in texts)):
         raise ValueError("apply_chat_template=True takes string prompts (each becomes one user message); for token "
                          "ids pass them already templated, or pass messages=[[{'role': 'user', 'content': ...}], ...]")
-    return mlm.encode_chat([[{"role": "user", "content": t}] for t in texts])
+    return TemplatedPrompts(mlm.encode_chat([[{"role": "user", "content": t}] for t in texts]))
+
+
+class TemplatedPrompts(list):
+    """Prompt ids rendered by a chat template: their special tokens (headers, BOS ...) are the template's, on purpose."""
+
+
+def unknown_tokens(mlm: MaskedLM, texts: Sequence[str]) -> list[int]:
+    """Indices of the texts whose encoding holds the tokenizer's unknown token (characters it cannot encode)."""
+    return _unknown_rows(mlm, mlm.encode(list(texts))) if mlm.tokenizer is not None else []
+
+
+def _unknown_rows(mlm: MaskedLM, rows: list[list[int]]) -> list[int]:
+    unk = getattr(mlm.tokenizer, "unk_token_id", None)
+    return [] if unk is None else [i for i, row in enumerate(rows) if unk in row]
 
 
 def _rows_from_lists(mlm: MaskedLM, prompts: Sequence) -> list[list[int]]:
     if all(isinstance(p, str) for p in prompts):
-        return mlm.encode(list(prompts))
+        rows = mlm.encode(list(prompts))
+        bad = _unknown_rows(mlm, rows)
+        if bad:
+            warnings.warn(f"prompt {bad[0]} ({prompts[bad[0]][:40]!r}) holds characters the tokenizer cannot encode; "
+                          "they become the unknown token", UserWarning, stacklevel=5)
+        return rows
     if all(is_int(p) for p in prompts):
         return [[int(p) for p in prompts]]
     if all(isinstance(p, (list, tuple, torch.Tensor)) for p in prompts):
@@ -76,9 +97,40 @@ def _tensor_prompts(prompts: torch.Tensor, attention_mask: torch.Tensor | None) 
     return ids.gather(1, order), attn.gather(1, order)
 
 
+def check_prompt_ids(mlm: MaskedLM, ids: torch.Tensor, attn: torch.Tensor) -> None:
+    """Refuse attended prompt ids outside the vocabulary, and layout ids (framing, padding, other special tokens of
+    families that never sample them; :attr:`~mdm_sched.tokens.TokenPolicy.layout_ids`): the adapter adds those
+    itself, and as content they would be fed to the model yet hidden from ``.texts``. Mask ids are infilled."""
+    check_token_ids(ids, "prompts", mlm.vocab_size, where=attn)
+    layout = sorted(mlm.tokens.layout_ids)
+    if not layout or ids.numel() == 0:
+        return
+    bad = torch.isin(ids, torch.tensor(layout, dtype=ids.dtype, device=ids.device)) & attn
+    if not bool(bad.any()):
+        return
+    row, col = bad.nonzero()[0].tolist()
+    tid = int(ids[row, col])
+    col -= int((~attn[row]).sum())  # position within the row's own tokens (rows are left-padded)
+    tok = mlm.tokenizer.convert_ids_to_tokens(tid) if mlm.tokenizer is not None else None
+    what = f"id {tid}" + (f" ({tok})" if tok is not None else "")
+    raise ValueError(f"prompts[{row}] holds the special token {what} at position {col}: framing, padding and other "
+                     "special tokens are added by the library (pad a tensor of prompts with attention_mask=0, not pad "
+                     "ids); remove it from the prompt, or use the mask token to have a position infilled")
+
+
 def prompt_tensors(mlm: MaskedLM, prompts: PromptLike, attention_mask: torch.Tensor | None,
                    pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded prompt ids ``[B, P]`` and their boolean attention mask."""
+    """Left-padded prompt ids ``[B, P]`` and their boolean attention mask, checked (:func:`check_prompt_ids`)."""
+    ids, attn = _prompt_tensors(mlm, prompts, attention_mask, pad)
+    if isinstance(prompts, TemplatedPrompts):
+        check_token_ids(ids, "prompts", mlm.vocab_size, where=attn)
+    else:
+        check_prompt_ids(mlm, ids, attn)
+    return ids, attn
+
+
+def _prompt_tensors(mlm: MaskedLM, prompts: PromptLike, attention_mask: torch.Tensor | None,
+                    pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     if isinstance(prompts, torch.Tensor):
         return _tensor_prompts(prompts, attention_mask)
     if attention_mask is not None:

@@ -73,15 +73,18 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--config", default=None, metavar="PATH_OR_HUB_ID",
                      help="a saved generation config (mdm_generation_config.json, its folder or a Hub id); "
                           "the flags below override its fields")
-    run.add_argument("--seed", type=int, default=0,
+    run.add_argument("--seed", type=_at_least(0), default=0,
                      help="seed of the torch.Generator all randomness comes from (default: 0)")
     run.add_argument("--device", default=None, help="e.g. cuda, cpu (default: the model's default)")
     run.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                      help="model weights' dtype (default: as saved; sampling is float32 either way)")
     run.add_argument("--trust-remote-code", action="store_true", help="needed for LLaDA / Dream checkpoints")
+    run.add_argument("--allow-unk", action="store_true",
+                     help="accept --prompt text the tokenizer cannot fully encode (those characters become its unknown "
+                          "token); without it such a prompt is refused")
     run.add_argument("--out", default=None, metavar="FILE.jsonl",
                      help="write the samples as JSON lines here and the settings, schedule and calls made next to them "
-                          "(FILE.record.json); both atomically")
+                          "(FILE.record.json); both atomically. Its folder must exist and be writable (checked first)")
     gen = parser.add_argument_group("generation settings (the fields of mdm_sched.MaskedGenerationConfig)")
     for field, spec in cli_fields():
         _config_flag(gen, field, spec)
@@ -90,8 +93,10 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
 def _generation_config(args: argparse.Namespace) -> MaskedGenerationConfig:
     """``--config`` (or the defaults) with every flag the user gave; the command's default schedule if none."""
     from mdm_sched.config import MaskedGenerationConfig, cli_fields
+    from mdm_sched.validation import is_int
 
-    base = MaskedGenerationConfig.from_pretrained(args.config) if args.config else MaskedGenerationConfig()
+    base = _read_flag_file(MaskedGenerationConfig.from_pretrained, args.config, "--config") if args.config \
+        else MaskedGenerationConfig()
     given = {f.name: getattr(args, f.name) for f, _ in cli_fields() if hasattr(args, f.name)}
     if "stop_at_eos" in given:  # --stop-at-eos alone: the model's EOS; one id: that id; several: the list
         ids = given["stop_at_eos"]
@@ -99,12 +104,29 @@ def _generation_config(args: argparse.Namespace) -> MaskedGenerationConfig:
     cfg = base.replace(**given)
     if cfg.schedule is None:
         cfg = cfg.replace(schedule="constant")
-    if isinstance(cfg.schedule, str) and cfg.steps is None and cfg.schedule in _schedule_names():
-        cfg = cfg.replace(steps=cfg.block_length or cfg.gen_length)  # one token per call
+    if cfg.gen_length is None:
+        raise ValueError("--gen-length is required (or a --config that sets it)")
+    if cfg.gen_length == 0 and not args.prompt:
+        raise ValueError("--gen-length 0 only infills the mask tokens of --prompt texts: give --gen-length >= 1, or "
+                         "prompts holding mask tokens")
+    per_call = cfg.block_length or cfg.gen_length
+    if isinstance(cfg.schedule, str) and cfg.steps is None and cfg.schedule in _schedule_names() and is_int(per_call) \
+            and per_call >= 1:
+        cfg = cfg.replace(steps=per_call)  # one token per call
     if cfg.schedule in ("optimal", "sqrt") and cfg.profile is None:
         raise ValueError(f"--schedule {cfg.schedule} needs --profile (a profile JSON file, its folder or a Hub id; "
                          "make one with `mdm-sched profile`)")
     return cfg
+
+
+def _read_flag_file(read: Callable[[str], object], path: str, flag: str) -> typing.Any:
+    """``read(path)``, with errors (missing, corrupted) prefixed by the flag that named the file."""
+    try:
+        return read(path)
+    except (FileNotFoundError, ValueError) as exc:
+        text = str(exc)
+        text = text[len(path) + 2:] if text.startswith(f"{path}: ") else text
+        raise type(exc)(f"{flag} {path}: {text}") from exc
 
 
 def _schedule_names() -> tuple[str, ...]:
@@ -117,10 +139,10 @@ def _chat_messages(args: argparse.Namespace) -> list[list[dict[str, str]]] | Non
     """One conversation per --prompt for --chat (with --system first), else None."""
     if not args.chat:
         if args.system is not None:
-            raise SystemExit("--system is only used with --chat")
+            raise ValueError("--system is only used with --chat")
         return None
     if not args.prompt:
-        raise SystemExit("--chat needs at least one --prompt (each becomes one user message)")
+        raise ValueError("--chat needs at least one --prompt (each becomes one user message)")
     system = [{"role": "system", "content": args.system}] if args.system is not None else []
     return [[*system, {"role": "user", "content": p}] for p in args.prompt]
 
@@ -132,10 +154,13 @@ def generate_command(args: argparse.Namespace) -> int:
     import mdm_sched as ms
     from mdm_sched._io import atomic_write_json, atomic_write_text
 
-    cfg = _generation_config(args)
     messages = _chat_messages(args)
+    cfg = _generation_config(args)
+    _check_generate_paths(args, cfg)
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    model = ms.load_masked_lm(args.model, device=args.device, dtype=dtype, trust_remote_code=args.trust_remote_code)
+    model = _load_model(args, device=args.device, dtype=dtype)
+    if args.prompt and not messages:
+        _check_prompts_encode(model, args.prompt, args.allow_unk)
     out = ms.generate(model, prompts=None if messages else args.prompt, messages=messages, generation_config=cfg,
                       generator=torch.Generator().manual_seed(args.seed), progress=True)
     if messages:  # chat needs a tokenizer: print the replies, not the templated prompts
@@ -154,6 +179,69 @@ def generate_command(args: argparse.Namespace) -> int:
     for t in texts:
         print(t)
     return 0
+
+
+def _check_generate_paths(args: argparse.Namespace, cfg: MaskedGenerationConfig) -> None:
+    """Everything ``generate`` reads or writes, before the model loads: the settings (validated), the schedule
+    and profile files, ``--out`` and its record, ``--device`` and a ``--model`` path."""
+    from mdm_sched.hub import _is_repo_id
+    from mdm_sched.validation import check_device, check_output_path
+
+    cfg.validated()
+    if cfg.gen_length is None:
+        raise ValueError("--gen-length is required (or a --config that sets it)")
+    sched = cfg.schedule
+    if isinstance(sched, str) and sched not in _schedule_names() and ":" not in sched and _looks_like_path(sched) \
+            and not os.path.exists(sched):
+        raise FileNotFoundError(f"--schedule {sched} does not exist (expected a saved schedule file or folder, a "
+                                f"builder name ({', '.join(_schedule_names())}), sizes or a rule such as threshold:0.9)")
+    prof = cfg.profile
+    if isinstance(prof, str) and not os.path.exists(prof) and (not _is_repo_id(prof) or prof.endswith(".json")):
+        raise FileNotFoundError(f"--profile {prof} does not exist (expected a profile JSON file, its folder or a Hub id)")
+    if args.out:
+        check_output_path(args.out, "--out")
+        check_output_path(_record_path(args.out), "--out (its record file)")
+    check_device(args.device, "--device")
+    _check_model_arg(args.model)
+
+
+def _looks_like_path(text: str) -> bool:
+    return os.sep in text or "/" in text or text.endswith(".json") or text.startswith((".", "~"))
+
+
+def _check_model_arg(name: str) -> None:
+    """A ``--model`` that is a path must exist (a Hub id or built-in name is checked when it loads)."""
+    from mdm_sched import assets
+    from mdm_sched.hub import _is_repo_id
+
+    if name not in assets.BUILTIN_MODELS and not os.path.exists(os.path.expanduser(name)) and not _is_repo_id(name):
+        raise FileNotFoundError(f"--model {name} does not exist: give a built-in name "
+                                f"({', '.join(assets.BUILTIN_MODELS)}), an existing model folder or a Hub id (owner/name)")
+
+
+def _load_model(args: argparse.Namespace, **kwargs: object) -> MaskedLM:
+    """``load_masked_lm(--model)``; a name that cannot be loaded is an error naming ``--model``."""
+    from mdm_sched.models import load_masked_lm
+
+    try:
+        return load_masked_lm(args.model, trust_remote_code=args.trust_remote_code, **kwargs)
+    except (FileNotFoundError, ValueError) as exc:
+        text = str(exc)
+        if text.startswith(f"model {args.model}"):
+            text = text[len(f"model {args.model}"):].lstrip(": ")
+        raise type(exc)(f"--model {args.model}: {text}") from exc
+
+
+def _check_prompts_encode(model: MaskedLM, prompts: list[str], allow_unk: bool) -> None:
+    """Refuse ``--prompt`` text with characters the tokenizer cannot encode (unless ``--allow-unk``)."""
+    from mdm_sched.canvas import unknown_tokens
+
+    if allow_unk or model.tokenizer is None:
+        return
+    bad = unknown_tokens(model, prompts)
+    if bad:
+        raise ValueError(f"--prompt {prompts[bad[0]]!r}: the model's tokenizer cannot encode some of its characters "
+                         "(they would become its unknown token); remove them, or pass --allow-unk to accept that")
 
 
 def _record_path(out: str) -> str:
@@ -175,10 +263,10 @@ def add_profile_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="held-out data: antibody-germlines:SPECIES:CHAIN[:train|test], "
                         "kjv[:train|test], a .txt/.json/.jsonl/.csv/.parquet/.fasta file, or a saved dataset dir")
     parser.add_argument("--text-column", default=None, help="column holding the text (default: input_ids, else text)")
-    parser.add_argument("--n-tokens", type=int, default=None,
+    parser.add_argument("--n-tokens", type=_at_least(1), default=None,
                         help="generated length N (default: the most common sequence length; longer ones are "
                              "cropped to N, shorter dropped)")
-    parser.add_argument("--prompt-length", type=int, default=0,
+    parser.add_argument("--prompt-length", type=_at_least(0), default=0,
                         help="leading tokens of each sequence that are a prompt: always visible, never scored")
     cond = parser.add_argument_group("conditioning (what is always visible) and order")
     cond.add_argument("--prompt-column", default=None,
@@ -196,29 +284,81 @@ def add_profile_arguments(parser: argparse.ArgumentParser) -> None:
     cond.add_argument("--order", default="random", choices=["random", "confidence", "margin", "entropy"],
                       help="random: the ordinary profile; confidence/margin/entropy: the ordering-aware policy "
                            "profile (teacher forcing along the model's own order)")
-    cond.add_argument("--self-samples", type=int, default=None, metavar="M",
+    cond.add_argument("--self-samples", type=_at_least(1), default=None, metavar="M",
                       help="self profile (data-free): measure on M samples of the model's own N-call sampler for "
                            "--order instead of the data (--data then only supplies contexts for --region/--prompt-column)")
-    parser.add_argument("--levels", type=int, default=None, help=f"number of levels (default {DEFAULT_N_LEVELS})")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--levels", type=_at_least(1), default=None, help=f"number of levels (default {DEFAULT_N_LEVELS})")
+    parser.add_argument("--batch-size", type=_at_least(1), default=16, help="rows per forward pass (default: 16)")
     stop = parser.add_mutually_exclusive_group()
-    stop.add_argument("--tokens-per-level", type=int, default=None,
+    stop.add_argument("--tokens-per-level", type=_at_least(1), default=None,
                       help=f"scored tokens per level (default {DEFAULT_TOKENS_PER_LEVEL})")
-    stop.add_argument("--target-se", type=float, default=None, help="stop a level once its standard error <= this")
-    parser.add_argument("--max-batches", type=int, default=None, help="cap on data batches")
-    parser.add_argument("--block-length", type=int, default=None, help="profile within semi-autoregressive blocks")
-    parser.add_argument("--checkpoint", default=None,
-                        help="resumable partial sums: an .npz file, written after every round; rerun with the same "
-                             "arguments to resume")
-    parser.add_argument("--seed", type=int, default=0)
+    stop.add_argument("--target-se", type=_positive_float, default=None,
+                      help="stop a level once its standard error <= this")
+    parser.add_argument("--max-batches", type=_at_least(1), default=None, help="cap on data batches")
+    parser.add_argument("--block-length", type=_at_least(1), default=None, help="profile within semi-autoregressive blocks")
+    parser.add_argument("--checkpoint", default=None, metavar="FILE.npz",
+                        help="resumable partial sums: a binary .npz file, written atomically after every "
+                             "round; its folder must exist and be writable (checked first); rerun with the same model "
+                             "and arguments to resume")
+    parser.add_argument("--seed", type=_at_least(0), default=0)
     parser.add_argument("--device", default=None, help="e.g. cuda, cpu (default: this process's GPU if any, else cpu)")
     parser.add_argument("--dtype", default=None, help="e.g. bfloat16 (default float32)")
     parser.add_argument("--trust-remote-code", action="store_true", help="needed for LLaDA / Dream checkpoints")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--out", required=True, help="where to write the profile: a .json file, or a folder (e.g. the "
-                        "model's own) that gets mdm_profile.json, loadable with InformationProfile.from_pretrained")
-    parser.add_argument("--plot", default=None, help="also write a PNG plot here")
+                        "model's own; created if its parent exists) that gets mdm_profile.json, loadable with "
+                        "InformationProfile.from_pretrained; checked before any work")
+    parser.add_argument("--plot", default=None, metavar="FILE.png", help="also write a PNG plot here")
     parser.add_argument("--gain-steps", default="8,16,32", help="comma-separated budgets for the printed gains")
+
+
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum`` (argparse names the flag in the error)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _check_data_arg(data: str) -> None:
+    """A ``--data`` that names a file (a path, or a known file extension) must exist; source specs pass."""
+    ext = os.path.splitext(data)[1].lower()
+    looks_like_file = _looks_like_path(data) or ext in (".txt", ".json", ".jsonl", ".csv", ".parquet", ".fasta", ".fa")
+    if looks_like_file and not os.path.exists(os.path.expanduser(data)):
+        raise FileNotFoundError(f"--data {data} does not exist")
+
+
+def _check_profile_paths(args: argparse.Namespace) -> list[int]:
+    """What ``profile`` reads and writes, before the model loads; returns the parsed ``--gain-steps``."""
+    from mdm_sched.validation import check_device, check_output_path
+
+    steps = _parse_steps(args.gain_steps)
+    _check_model_arg(args.model)
+    _check_data_arg(args.data)
+    check_output_path(args.out, "--out", folder_ok=not args.out.endswith(".json"))
+    if args.plot:
+        check_output_path(args.plot, "--plot")
+    if args.checkpoint:
+        check_output_path(args.checkpoint, "--checkpoint")
+    check_device(args.device, "--device")
+    return steps
 
 
 def _parse_steps(text: str) -> list[int]:
@@ -238,9 +378,8 @@ def profile_command(args: argparse.Namespace) -> int:
 
     from mdm_sched.distributed import end_state, launched_state
     from mdm_sched.estimate import estimate_profile
-    from mdm_sched.models import load_masked_lm
 
-    steps = _parse_steps(args.gain_steps)
+    steps = _check_profile_paths(args)
     cpu = (args.device or "").startswith("cpu") or not torch.cuda.is_available()
     state = launched_state(cpu=cpu)
     done = False
@@ -249,7 +388,7 @@ def profile_command(args: argparse.Namespace) -> int:
             device = state.device  # this process's own GPU (or the CPU)
         else:
             device = args.device or ("cuda" if torch.cuda.is_available() else None)
-        model = load_masked_lm(args.model, trust_remote_code=args.trust_remote_code, device=device, dtype=args.dtype)
+        model = _load_model(args, device=device, dtype=args.dtype)
         kw = dict(levels=args.levels, batch_size=args.batch_size, tokens_per_level=args.tokens_per_level,
                   target_se=args.target_se, block_length=args.block_length, seed=args.seed, order=args.order,
                   progress=not args.no_progress, checkpoint=args.checkpoint, max_batches=args.max_batches,
@@ -335,11 +474,11 @@ def add_schedule_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``mdm-sched schedule``."""
     parser.add_argument("--profile", required=True, help="the profile: a JSON file written by `mdm-sched profile`, a "
                         "folder holding mdm_profile.json, or a Hub id")
-    parser.add_argument("--steps", type=int, required=True, help="number of model calls T")
-    parser.add_argument("--n-tokens", type=int, default=None, help="generation length (default: the profile's)")
-    parser.add_argument("--max-tokens-per-step", type=int, default=None)
-    parser.add_argument("--out", default=None, help="write the optimal schedule here: a .json file, or a folder that "
-                        "gets mdm_schedule.json (usable as `generate --schedule FOLDER`)")
+    parser.add_argument("--steps", type=_at_least(1), required=True, help="number of model calls T")
+    parser.add_argument("--n-tokens", type=_at_least(1), default=None, help="generation length (default: the profile's)")
+    parser.add_argument("--max-tokens-per-step", type=_at_least(1), default=None)
+    parser.add_argument("--out", default=None, help="write the optimal schedule here: a .json file, or a folder (created "
+                        "if its parent exists) that gets mdm_schedule.json (usable as `generate --schedule FOLDER`)")
 
 
 def schedule_command(args: argparse.Namespace) -> int:
@@ -349,8 +488,12 @@ def schedule_command(args: argparse.Namespace) -> int:
     from mdm_sched import schedules
     from mdm_sched.profile import InformationProfile
 
-    profile = InformationProfile.from_pretrained(args.profile)
-    n = args.n_tokens or profile.n_tokens
+    if args.out:
+        from mdm_sched.validation import check_output_path
+
+        check_output_path(args.out, "--out", folder_ok=not args.out.endswith(".json"))
+    profile = _read_flag_file(InformationProfile.from_pretrained, args.profile, "--profile")
+    n = args.n_tokens if args.n_tokens is not None else profile.n_tokens
     curve = profile.curve(n)
     opt = schedules.optimal(curve, args.steps, args.max_tokens_per_step)
     opt = schedules.Schedule(opt.sizes, name="optimal",
@@ -448,7 +591,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser, base: EvalConfig, out: s
                         help="no judge model (same as --judge none)")
     parser.add_argument("--out", default=None, help=f"output folder: report, plots, numbers, caches for resuming "
                                                     f"(default: {out})")
-    parser.add_argument("--threads", type=int, default=threads,
+    parser.add_argument("--threads", type=_at_least(1), default=threads,
                         help=f"torch CPU threads for this command (1 is fastest on a busy machine; default: {threads})")
 
 
@@ -503,7 +646,9 @@ def _run_and_print(cfg: EvalConfig, out: str, threads: int | None) -> int:
 
     from mdm_sched import report
     from mdm_sched.harness import run_eval
+    from mdm_sched.validation import check_output_path
 
+    check_output_path(out, "--out", folder_ok=True)  # the output folder (created if its parent exists)
     if threads:
         torch.set_num_threads(threads)  # the command's choice; library code never sets it
     t0 = time.time()
@@ -525,7 +670,26 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module, add_fn, _, help_text) in _COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         _load(module, add_fn)(p)
+        flags = {a.dest: a.option_strings[-1] for a in p._actions if a.option_strings and a.dest != "help"}
+        p.set_defaults(_flags=flags)
     return parser
+
+
+#: API argument names whose command-line flag is not the name with dashes.
+_ALIASES = {"prompts": "--prompt"}
+
+
+def flag_names(message: str, flags: dict[str, str]) -> str:
+    """``message`` with the API's argument names (``stop_at_eos=5``, ``steps must``, ``EvalConfig.seed``) replaced by
+    the flags the user typed (``--stop-at-eos=5``, ``--steps must``, ``--seed``)."""
+    import re
+
+    names = {**flags, **{k: v for k, v in _ALIASES.items() if v in flags.values()}}
+    for dest in sorted(names, key=len, reverse=True):
+        message = re.sub(rf"\bEvalConfig\.{re.escape(dest)}\b", names[dest], message)
+        message = re.sub(rf"(?<![\w.\-\[/]){re.escape(dest)}(?=(\[\d+\])?( ?=| must\b| is\b| holds?\b| has\b))",
+                         names[dest], message)
+    return message
 
 
 def _load(module: str, attr: str) -> Callable:
@@ -541,8 +705,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     module, _, cmd_fn, _ = _COMMANDS[args.command]
     try:
         return int(_load(module, cmd_fn)(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:  # bad input: one clear line, not a traceback
-        print(f"mdm-sched {args.command}: error: {exc}", file=sys.stderr)
+    except (ValueError, TypeError, FileNotFoundError, PermissionError) as exc:  # bad input: one line, no traceback
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"mdm-sched {args.command}: error: {flag_names(text, getattr(args, '_flags', {}))}", file=sys.stderr)
         return 2
 
 

@@ -371,7 +371,15 @@ def load_source(spec: str, *, text_column: str | None = None, cache_dir: str | o
 
     path = Path(spec).expanduser()
     if path.exists():
-        return _with_text_column(_load_path(spec, path, split, cache), spec, text_column)
+        try:
+            loaded = _load_path(spec, path, split, cache)
+        except (ValueError, OSError, TypeError) as exc:  # a corrupted or foreign file: say which, in one line
+            if isinstance(exc, FileNotFoundError) or str(exc).startswith("load_source("):
+                raise
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ValueError(f"data={spec!r} cannot be read ({type(exc).__name__}: {first}); is the file corrupted or "
+                             "of another format than its extension says?") from exc
+        return _with_text_column(loaded, spec, text_column)
     # Hub names are "name" or "owner/name"; anything else that does not exist is a mistyped path.
     looks_like_path = (path.suffix.lower() in {".txt", *_FILE_BUILDERS, *_FASTA} or spec.count("/") > 1
                        or spec.startswith(("/", ".", "~")) or (os.sep != "/" and os.sep in spec))

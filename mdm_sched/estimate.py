@@ -51,7 +51,7 @@ from .conditioning import Examples
 from .distributed import AcceleratorLike, DistContext
 from .masking import Rows, forward_rows
 from .profile import InformationProfile
-from .validation import check_choice, check_float, check_int, check_optional_int
+from .validation import check_choice, check_float, check_int, check_optional_int, check_output_path
 
 if TYPE_CHECKING:
     from ._types import DataLike, ModelLike, PathLike
@@ -67,6 +67,8 @@ DEFAULT_MAX_BATCHES_SE = 1000
 #: ``levels=``: how many (int), explicit visible counts, or visible fractions in [0, 1); None: the default grid.
 LevelsLike = int | Sequence[float] | np.ndarray | torch.Tensor | None
 _CKPT_FORMAT = "mdm_sched.profile_checkpoint"
+#: Fingerprint entries added after the format's first release: compared only when the checkpoint has them.
+_IDENTITY_KEYS = ("weights", "dtype")
 # 2: the stop rule keeps no state of its own (version 1 also stored "planned", equal to the token sums).
 _CKPT_VERSION = 2
 
@@ -497,11 +499,15 @@ def _load_checkpoint(path: Path, fingerprint: dict[str, Any], n_levels: int,
     except ValueError as exc:
         raise ValueError(f"checkpoint {path}: {exc}; pass another checkpoint= path") from exc
     old = header.get("fingerprint") or {}
-    diff = [f"{k}: {old.get(k)!r} (checkpoint) != {fingerprint.get(k)!r} (now)"
-            for k in sorted(set(old) | set(fingerprint)) if old.get(k) != fingerprint.get(k)]
+    if not isinstance(old, dict):
+        raise ValueError(f"checkpoint {path} is corrupted (its fingerprint is not a JSON object); delete it to start over")
+    keys = sorted((set(old) | set(fingerprint)) - {k for k in _IDENTITY_KEYS if k not in old})  # older files lack them
+    diff = [f"{k}: {old.get(k)!r} (checkpoint) != {fingerprint.get(k)!r} (now)" for k in keys if old.get(k) != fingerprint.get(k)]
     if diff:
-        raise ValueError(f"checkpoint {path} was made with different arguments ({'; '.join(diff)}); rerun with the "
-                         "same arguments to resume, or delete the file / pass another checkpoint= path to start over")
+        what = "another model (weights or dtype)" if any(k in _IDENTITY_KEYS for k in keys
+                                                          if old.get(k) != fingerprint.get(k)) else "different arguments"
+        raise ValueError(f"checkpoint {path} was made with {what} ({'; '.join(diff)}); rerun with the same model and "
+                         "arguments to resume, or delete the file / pass another checkpoint= path to start over")
     try:  # a version-1 file also holds "planned": the token sums again, not needed
         return _Progress((accumulator or Accumulator).from_arrays(arrays, n_levels), int(header["next_batch"]),
                          int(header.get("forwards", 0)))
@@ -592,7 +598,8 @@ def _run_rounds(run: _Run, progress: _Progress, checkpoint: Path | None, show: b
 def _fingerprint(run: _Run) -> dict[str, Any]:
     """What a checkpoint must match to be resumed."""
     s, h = run.settings, run.heldout
-    return {"model": run.mlm.name_or_path, "config_hash": run.mlm.config_hash, "data_sha256": h.sha256,
+    return {"model": run.mlm.name_or_path, "config_hash": run.mlm.config_hash, **run.mlm.identity(),
+            "data_sha256": h.sha256,
             "n_tokens": h.n, "prompt_length": s.prompt_length, "block_length": s.block_length,
             "levels": h.levels.tolist(), "batch_size": s.batch_size, **run.rule.fingerprint(), "seed": s.seed,
             "checkpoint_every": s.checkpoint_every, "max_batches": s.max_batches}
@@ -623,6 +630,7 @@ def run_metadata(mlm: MaskedLM, h: _Heldout, s: _Settings, *, order: str, forwar
     config = getattr(mlm.model, "config", None)
     return {"model": mlm.name_or_path or type(mlm.model).__name__, "model_class": type(mlm.model).__name__,
             "family": mlm.family, "revision": getattr(config, "_commit_hash", None), "config_hash": mlm.config_hash,
+            "weights": mlm.weights_fingerprint,
             "data": data_description or h.description, "data_sha256": h.sha256,
             "sequences": h.counts["kept"], "sequences_dropped": h.counts["dropped"],
             "sequences_cropped": h.counts["cropped"], "sequence_tokens": h.n, "prompt_length": s.prompt_length,
@@ -748,7 +756,7 @@ def estimate_profile(model: ModelLike, data: DataLike, *, n_tokens: int | None =
     # of batches is then a random subset, whatever order the data came in.
     perm = torch.randperm(len(h.ex), generator=torch.Generator().manual_seed(_perm_seed(s.seed)))
     rows = Rows(h.ex.ids[perm], h.ex.widths[perm], h.ex.target[perm])
-    ckpt = Path(checkpoint) if checkpoint is not None else None
+    ckpt = check_output_path(checkpoint, "checkpoint", create_parents=True) if checkpoint is not None else None
     if order != "random":
         from .policy import estimate_policy
 

@@ -515,21 +515,48 @@ def _bootstrap_weights(n: int, n_boot: int, generator: torch.Generator | None) -
     return torch.zeros(n_boot, n, dtype=torch.float64).scatter_add_(1, idx, torch.ones(n_boot, n, dtype=torch.float64))
 
 
-def _kmer_counts(x: torch.Tensor, k: int, vocab: torch.Tensor) -> torch.Tensor:
-    """Per-sequence k-mer counts ``[B, |vocab|^k]`` over the tokens in ``vocab`` (others drop their k-mers)."""
-    lut = torch.full((int(max(int(x.max()), int(vocab.max()))) + 1,), -1, dtype=torch.long)
-    lut[vocab] = torch.arange(vocab.numel())
+def _kmer_windows(x: torch.Tensor, k: int, lut: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k-mers of every row whose tokens are all counted (``lut >= 0``): ``[M, k]`` vocabulary indices and
+    ``[M]`` the row each comes from."""
     y = lut[x]
     b, n = y.shape
     if n < k:
         raise ValueError(f"k={k} is longer than the sequences (length {n})")
-    d = vocab.numel()
-    windows = y.unfold(1, k, 1)  # [B, n-k+1, k]
+    windows = y.unfold(1, k, 1).reshape(-1, k)  # [B * (n-k+1), k]
+    rows = torch.arange(b).repeat_interleave(n - k + 1)
     valid = (windows >= 0).all(-1)
-    code = (windows.clamp(min=0) * (d ** torch.arange(k - 1, -1, -1))).sum(-1)
-    counts = torch.zeros(b, d ** k, dtype=torch.float64)
-    counts.scatter_add_(1, code, valid.double())
-    return counts
+    return windows[valid], rows[valid]
+
+
+def _kmer_counts(samples: torch.Tensor, reference: torch.Tensor, k: int,
+                 vocab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sparse per-sequence k-mer counts of both sets over the k-mers either contains: ``[U, B_s]`` and ``[U, B_r]``
+    (float64 COO; ``U`` distinct k-mers seen, never the dense ``|vocab|^k``), over the tokens in ``vocab``."""
+    top = int(max(int(samples.max()), int(reference.max()), int(vocab.max())))
+    lut = torch.full((top + 1,), -1, dtype=torch.long)
+    lut[vocab] = torch.arange(vocab.numel())
+    ws, rs = _kmer_windows(samples, k, lut)
+    wr, rr = _kmer_windows(reference, k, lut)
+    if ws.shape[0] + wr.shape[0] == 0:
+        raise ValueError("no k-mer of the samples or the reference lies within vocab")
+    _, code = torch.unique(torch.cat([ws, wr]), dim=0, return_inverse=True)
+    u = int(code.max()) + 1
+
+    def counts(c: torch.Tensor, rows: torch.Tensor, b: int) -> torch.Tensor:
+        return torch.sparse_coo_tensor(torch.stack([c, rows]), torch.ones(c.numel(), dtype=torch.float64),
+                                       (u, b), check_invariants=False).coalesce()
+
+    return counts(code[:ws.shape[0]], rs, samples.shape[0]), counts(code[ws.shape[0]:], rr, reference.shape[0])
+
+
+def _bootstrap_js(cs: torch.Tensor, cr: torch.Tensor, n_boot: int, generator: torch.Generator | None) -> torch.Tensor:
+    """JS (bits) of ``n_boot`` bootstrap resamples of both sets' sequences, a chunk of resamples at a time."""
+    ws = _bootstrap_weights(cs.shape[1], n_boot, generator)
+    wr = _bootstrap_weights(cr.shape[1], n_boot, generator)
+    chunk = max(1, (1 << 22) // max(cs.shape[0], 1))  # about 32 MB of float64 per pooled matrix
+    out = [_js_bits(torch.sparse.mm(cs, ws[i:i + chunk].T).T, torch.sparse.mm(cr, wr[i:i + chunk].T).T)
+           for i in range(0, n_boot, chunk)]
+    return torch.cat(out)
 
 
 def _vocab_of(samples: torch.Tensor, reference: torch.Tensor, vocab: Any) -> torch.Tensor:
@@ -545,18 +572,17 @@ def kmer_js(samples: Any, reference: Any, k: int, *, vocab: Any = None, n_boot: 
 
     ``vocab``: the token ids that count (default: every id present). Note the plug-in estimate is biased
     upward by finite samples: compare schedules at equal sample sizes, and against the N-step sampler.
+    Counts are sparse (only the k-mers that occur), so any vocabulary size works.
     """
     s = _check_ids(samples, "samples")
     r = _check_ids(reference, "reference")
     check_int(k, "k", minimum=1)
     v = _vocab_of(s, r, vocab)
-    cs, cr = _kmer_counts(s, k, v), _kmer_counts(r, k, v)
-    js = float(_js_bits(cs.sum(0), cr.sum(0)))
+    cs, cr = _kmer_counts(s, r, k, v)
+    js = float(_js_bits(torch.sparse.sum(cs, 1).to_dense(), torch.sparse.sum(cr, 1).to_dense()))
     if n_boot < 2:
         return js, float("nan")
-    bs = _bootstrap_weights(cs.shape[0], n_boot, generator) @ cs
-    br = _bootstrap_weights(cr.shape[0], n_boot, generator) @ cr
-    return js, float(_js_bits(bs, br).std(unbiased=True))
+    return js, float(_bootstrap_js(cs, cr, n_boot, generator).std(unbiased=True))
 
 
 def position_js(samples: Any, reference: Any, *, vocab: Any = None, n_boot: int = 200,

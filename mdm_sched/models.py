@@ -49,8 +49,9 @@ from .layout import Layout, ModelInputs, max_content_length
 from .logit_rows import LogitRows
 from .text import Conversation, TextCodec
 from .tokens import Framing, TokenPolicy, config_value, first_int
+from .validation import check_device, check_token_ids, is_int
 
-__all__ = ["MaskedLM", "wrap", "load_masked_lm", "detect_family", "FAMILIES", "LLADA_MASK_TOKEN_ID"]
+__all__ = ["MaskedLM", "wrap", "load_masked_lm", "detect_family", "weights_fingerprint", "FAMILIES", "LLADA_MASK_TOKEN_ID"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -93,6 +94,69 @@ def config_hash(model: nn.Module, family: str, mask_token_id: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _has_vocabulary(tokenizer: Any) -> bool:
+    """False for the tokenizer transformers 5 builds without vocabulary files (special tokens only: every text
+    would become [UNK])."""
+    return len(tokenizer) > len(set(getattr(tokenizer, "all_special_ids", []) or []))
+
+
+def _special_ids_tokenizer(model: nn.Module, spec: Family, suppress_tokens: object, allowed_tokens: object,
+                           framing: Framing | None) -> Any:
+    """For a family that never samples special tokens, wrapped without a tokenizer: the tokenizer saved beside the
+    model (``config._name_or_path`` when it is a local folder), which names its special ids; ``None`` when the
+    family samples specials anyway or the caller named the ids (``suppress_tokens``/``allowed_tokens``/``framing``).
+
+    Raises:
+        ValueError: no tokenizer can be found, so ``[UNK]``/``[CLS]``/``[SEP]``/``[PAD]`` would be sampled.
+    """
+    if not spec.suppress_special_tokens or suppress_tokens is not None or allowed_tokens is not None:
+        return None
+    folder = config_value(model, "_name_or_path", "name_or_path")
+    if isinstance(folder, str) and folder and Path(folder).is_dir():
+        try:
+            from transformers import AutoTokenizer
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            if _has_vocabulary(tok):
+                return tok
+        except Exception:
+            pass
+    if framing is not None:
+        return None  # the caller named the framing ids: those, pad and mask are never sampled
+    raise ValueError(f"{type(model).__name__} is a {spec.name}-family model, which never samples special tokens, but "
+                     "no tokenizer is known to name them ([UNK], [CLS], [SEP], [PAD] ...): pass tokenizer=..., or "
+                     "suppress_tokens=[ids never to sample] (or allowed_tokens=[ids that may be sampled])")
+
+
+#: Elements read from each of a few parameter tensors for :func:`weights_fingerprint` (evenly spaced).
+_FINGERPRINT_ELEMENTS = 4096
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """16 hex digits identifying the weights and their dtype, cheaply: a hash of the dtype and of evenly spaced
+    elements of the first, middle and last parameter tensors (a few thousand values, whatever the model's size).
+
+    Unlike :func:`config_hash`, two checkpoints of one architecture, or one checkpoint in float32 and bfloat16,
+    differ. A change to parameters it does not read (rare: most training touches them all) goes unnoticed.
+    """
+    params = [(n, p) for n, p in model.named_parameters()]
+    digest = hashlib.sha256()
+    if not params:
+        return digest.hexdigest()[:16]
+    picks = sorted({0, len(params) // 3, (2 * len(params)) // 3, len(params) - 1})
+    for i in picks:
+        name, p = params[i]
+        flat = p.detach().reshape(-1)
+        idx = torch.linspace(0, max(flat.numel() - 1, 0), min(_FINGERPRINT_ELEMENTS, flat.numel()),
+                             device=flat.device).long()
+        values = flat[idx].float().cpu().numpy()
+        digest.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
+        digest.update(values.tobytes())
+    return digest.hexdigest()[:16]
+
+
 # --------------------------------------------------------------------------------------------------
 # the adapter
 # --------------------------------------------------------------------------------------------------
@@ -115,7 +179,7 @@ class MaskedLM:
                  allowed_tokens: Iterable[int | str] | None = None, framing: Framing | None = None,
                  pad_token_id: int | None = None, eos_token_id: int | None = None, max_length: int | None = None,
                  positions_only: bool | None = None, residue_separator: str | None = None,
-                 name_or_path: str | None = None) -> None:
+                 name_or_path: str | None = None, force_mask_token_id: bool = False) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module (or a MaskedLM), got {type(model).__name__}")
         spec = family_of(model) if family is None else get_family(family)
@@ -124,9 +188,11 @@ class MaskedLM:
         self.family_spec: Family = spec
         self.name_or_path: str | None = name_or_path if name_or_path is not None else (
             config_value(model, "_name_or_path", "name_or_path") or None)  # type: ignore[assignment]
-        self.tokens = TokenPolicy.resolve(spec, model, tokenizer, mask_token_id=mask_token_id, pad_token_id=pad_token_id,
+        id_source = tokenizer if tokenizer is not None else _special_ids_tokenizer(model, spec, suppress_tokens,
+                                                                                    allowed_tokens, framing)
+        self.tokens = TokenPolicy.resolve(spec, model, id_source, mask_token_id=mask_token_id, pad_token_id=pad_token_id,
                                           eos_token_id=eos_token_id, framing=framing, suppress_tokens=suppress_tokens,
-                                          allowed_tokens=allowed_tokens)
+                                          allowed_tokens=allowed_tokens, force_mask_token_id=bool(force_mask_token_id))
         if spec.framing and framing is None and self.tokens.framing == (None, None):
             warnings.warn(f"{type(model).__name__}: no CLS/SEP (BOS/EOS) framing tokens known; the model will see "
                           "unframed content. Pass tokenizer=... or framing=(cls_id, sep_id)", stacklevel=3)
@@ -139,6 +205,9 @@ class MaskedLM:
         if self._vocab_size is None and isinstance(head_out := output_embeddings(model), nn.Linear):
             self._vocab_size = head_out.out_features
         self.config_hash: str = config_hash(model, spec.name, self.tokens.mask_token_id)
+        self._width_ok: int | None = None
+        if self._vocab_size is not None:
+            self._check_width(self._vocab_size)
 
     # -- what the parts resolved -----------------------------------------------------------------
     @property
@@ -183,12 +252,28 @@ class MaskedLM:
         return torch.float32
 
     @property
+    def weights_fingerprint(self) -> str:
+        """:func:`weights_fingerprint` of the module now (weights and dtype; recomputed on each access, cheaply)."""
+        return weights_fingerprint(self.model)
+
+    def identity(self) -> dict[str, str]:
+        """What, beyond :attr:`config_hash`, tells this model's results from another's: the weights' fingerprint and
+        dtype (stored in profiles and checkpoints)."""
+        return {"weights": self.weights_fingerprint, "dtype": str(self.dtype).replace("torch.", "")}
+
+    @property
     def vocab_size(self) -> int:
         """Size of the logits' last dimension (probed with one tiny forward when the config has none)."""
         if self._vocab_size is None:
             probe = torch.full((1, 1), self.mask_token_id, dtype=torch.long, device=self.device)
             with torch.inference_mode(), self._eval_mode():
-                self._vocab_size = int(self._forward(probe, None, None).shape[-1])
+                try:
+                    width = int(self._forward(probe, None, None).shape[-1])
+                except IndexError as exc:  # an embedding lookup of the mask id itself failed
+                    raise ValueError(f"mask_token_id={self.mask_token_id} is outside the vocabulary of "
+                                     f"{type(self.model).__name__} ({exc}): pass the model's own mask id") from exc
+            self._check_width(width)
+            self._vocab_size = width
         return self._vocab_size
 
     # -- tokens never sampled --------------------------------------------------------------------
@@ -248,7 +333,38 @@ class MaskedLM:
             kwargs["attention_mask"] = self.layout.forward_mask(attention_mask)
         if position_ids is not None:
             kwargs["position_ids"] = position_ids
-        return _extract_logits(self.model(input_ids, **kwargs))
+        logits = _extract_logits(self.model(input_ids, **kwargs))
+        if logits.ndim != 3 or tuple(logits.shape[:2]) != tuple(input_ids.shape):
+            raise ValueError(f"{type(self.model).__name__} returned logits of shape {tuple(logits.shape)} for input_ids "
+                             f"of shape {tuple(input_ids.shape)}: expected [batch={input_ids.shape[0]}, "
+                             f"length={input_ids.shape[1]}, vocabulary]; check the model's forward (one logit row per "
+                             "input position, none dropped or added)")
+        return logits
+
+    def ids_in_play(self) -> dict[str, int]:
+        """The special ids this adapter uses (mask, pad, EOS, framing), by argument name."""
+        named = {"mask_token_id": self.mask_token_id, "pad_token_id": self.pad_token_id,
+                 "eos_token_id": self.eos_token_id, "framing[0]": self.framing[0], "framing[1]": self.framing[1]}
+        return {k: int(v) for k, v in named.items() if v is not None}
+
+    def _check_width(self, width: int) -> None:
+        """The logits' last dimension must cover the configured vocabulary and every special id in play."""
+        if width == self._width_ok:
+            return
+        name = type(self.model).__name__
+        configured = first_int(config_value(self.model, "vocab_size"))
+        if configured is not None and width < configured:
+            raise ValueError(f"{name} returned logits over {width} token ids but its config says vocab_size="
+                             f"{configured}: the logits must have one column per token id (check the LM head)")
+        for arg, tid in self.ids_in_play().items():
+            if tid >= width:
+                raise ValueError(f"{arg}={tid} is outside the vocabulary of {name}, whose logits cover ids "
+                                 f"[0, {width}): pass the model's own {arg} (or the matching tokenizer)")
+        for arg, ids in (("suppress_tokens", self.tokens.suppressed), ("allowed_tokens", self.tokens.allowed or ())):
+            bad = sorted(i for i in ids if not 0 <= i < width)
+            if bad:
+                raise ValueError(f"{arg} holds id {bad[0]}, outside the vocabulary of {name} (ids [0, {width}))")
+        self._width_ok = width
 
     @contextlib.contextmanager
     def _eval_mode(self) -> Iterator[None]:
@@ -276,6 +392,9 @@ class MaskedLM:
             positions = positions.to(device).bool()
             if positions.shape != ids.shape:
                 raise ValueError(f"positions shape {tuple(positions.shape)} != input_ids shape {tuple(ids.shape)}")
+        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            raise TypeError(f"input_ids must hold integer token ids, got dtype {ids.dtype}")
+        check_token_ids(ids, "input_ids", self.vocab_size, where=attn)
         if self.max_length is not None and ids.shape[1] > self.max_length:
             longest = int(attn.sum(1).max())
             if longest > self.max_length:
@@ -334,6 +453,7 @@ class MaskedLM:
     def _rows(self, source: torch.Tensor, index: torch.Tensor | None) -> LogitRows:
         """Rows of this model's logits, suppressed and checked as they are read."""
         vocab = source.shape[-1]
+        self._check_width(int(vocab))
         if self._vocab_size is None:
             self._vocab_size = int(vocab)
         name = self.name_or_path or type(self.model).__name__
@@ -517,7 +637,7 @@ def wrap(model: nn.Module | MaskedLM, tokenizer: Any = None, mask_token_id: int 
          allowed_tokens: Iterable[int | str] | None = None, framing: Framing | None = None,
          pad_token_id: int | None = None, eos_token_id: int | None = None, max_length: int | None = None,
          positions_only: bool | None = None, residue_separator: str | None = None,
-         name_or_path: str | None = None) -> MaskedLM:
+         name_or_path: str | None = None, force_mask_token_id: bool = False) -> MaskedLM:
     """Wrap a model in the library's :class:`MaskedLM` adapter (a ``MaskedLM`` is returned unchanged).
 
     The same module with the same arguments returns the same adapter (cached on the module), so the
@@ -526,7 +646,8 @@ def wrap(model: nn.Module | MaskedLM, tokenizer: Any = None, mask_token_id: int 
     Args:
         model: an HF masked LM, a LLaDA/Dream-style model, or any ``nn.Module`` whose forward returns ``.logits``.
         tokenizer: optional HF tokenizer (text prompts, decoding, special token ids); default ``model.tokenizer``.
-        mask_token_id: overrides the tokenizer's / config's mask id (required when neither has one).
+        mask_token_id: the mask id when neither the tokenizer nor the config has one; one that contradicts the
+            tokenizer's mask token is an error unless ``force_mask_token_id=True``.
         family: a registered family name (``"bert" | "llada" | "dream" | "module"``, see
             :mod:`mdm_sched.families`) or a :class:`~mdm_sched.families.Family`; detected when omitted.
         suppress_tokens: extra token ids (or token strings) never to sample.
@@ -537,6 +658,9 @@ def wrap(model: nn.Module | MaskedLM, tokenizer: Any = None, mask_token_id: int 
             string before tokenizing, and decode to plain strings.
     """
     if isinstance(model, MaskedLM):
+        if mask_token_id is not None and not is_int(mask_token_id):
+            raise ValueError(f"mask_token_id must be an integer token id, got {mask_token_id!r} "
+                             f"({type(mask_token_id).__name__})")
         if mask_token_id is not None and int(mask_token_id) != model.mask_token_id:
             raise ValueError(f"mask_token_id={mask_token_id} differs from the wrapped model's {model.mask_token_id}: "
                              "wrap the underlying module again to change it")
@@ -546,7 +670,8 @@ def wrap(model: nn.Module | MaskedLM, tokenizer: Any = None, mask_token_id: int 
     options: dict[str, Any] = dict(
         mask_token_id=mask_token_id, family=family, suppress_tokens=suppress_tokens, allowed_tokens=allowed_tokens,
         framing=framing, pad_token_id=pad_token_id, eos_token_id=eos_token_id, max_length=max_length,
-        positions_only=positions_only, residue_separator=residue_separator, name_or_path=name_or_path)
+        positions_only=positions_only, residue_separator=residue_separator, name_or_path=name_or_path,
+        force_mask_token_id=force_mask_token_id)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module (or a MaskedLM), got {type(model).__name__}")
     try:
@@ -568,7 +693,13 @@ def wrap(model: nn.Module | MaskedLM, tokenizer: Any = None, mask_token_id: int 
 # --------------------------------------------------------------------------------------------------
 
 def _source(name: str) -> tuple[str, dict]:
-    """(loadable path or hub id, the directory's ``mdm_sched.json`` facts or ``{}``)."""
+    """(loadable path or hub id, the directory's ``mdm_sched.json`` facts or ``{}``); a name that is neither a
+    built-in model, an existing path nor shaped like a Hub id (``name`` or ``owner/name``) does not exist."""
+    from .hub import _is_repo_id
+
+    if name not in assets.BUILTIN_MODELS and not Path(name).expanduser().exists() and not _is_repo_id(name):
+        raise FileNotFoundError(f"model {name} does not exist: give a built-in name ({', '.join(assets.BUILTIN_MODELS)}), "
+                                "an existing model folder or a Hub id (owner/name)")
     path = str(assets.resolve(name)) if name in assets.BUILTIN_MODELS else name
     meta = assets.read_metadata(path) if Path(path).is_dir() else None
     return path, meta or {}
@@ -584,6 +715,10 @@ def _load_config(path: str, name: str, trust_remote_code: bool) -> Any:
             raise ValueError(f"{name} ships its own modelling code; load it with "
                              "load_masked_lm(..., trust_remote_code=True) if you trust its source") from exc
         raise
+    except OSError as exc:  # not a model folder, or a Hub id that is not in the cache / cannot be reached
+        where = "folder" if Path(path).is_dir() else "Hub id"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"model {name}: cannot load a model config from this {where} ({first})") from exc
 
 
 def _loading_family(name: str, config: Any, explicit: str | Family | None, meta: dict, trust_remote_code: bool) -> Family:
@@ -619,7 +754,7 @@ def _load_tokenizer(path: str, name: str, trust_remote_code: bool) -> Any:
         return None
     # transformers 5 builds a tokenizer holding only special tokens when the vocabulary file is
     # missing: every text would become [UNK]. Such a tokenizer is worse than none.
-    if len(tokenizer) <= len(set(getattr(tokenizer, "all_special_ids", []) or [])):
+    if not _has_vocabulary(tokenizer):
         warnings.warn(f"the tokenizer found for {name} has no vocabulary beyond special tokens; ignoring it "
                       "(pass tokenizer=... to use text)", stacklevel=3)
         return None
@@ -640,7 +775,10 @@ def load_masked_lm(name_or_path: str | os.PathLike, *, trust_remote_code: bool =
         tokenizer: use this tokenizer instead of loading one from the same place.
         wrap_kwargs: passed to :func:`wrap` (``allowed_tokens``, ``suppress_tokens``, ``mask_token_id`` ...).
     """
-    name = str(name_or_path)
+    name = os.fspath(name_or_path) if isinstance(name_or_path, (str, os.PathLike)) else name_or_path
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name_or_path must be a model name, folder or Hub id (str or path), got {name_or_path!r}")
+    check_device(device)
     path, meta = _source(name)
     if isinstance(dtype, str):
         if not isinstance(getattr(torch, dtype, None), torch.dtype):

@@ -368,7 +368,8 @@ class _PolicyRun:
 
     def fingerprint(self) -> dict[str, Any]:
         s, h = self.settings, self.heldout
-        return {"model": self.mlm.name_or_path, "config_hash": self.mlm.config_hash, "data_sha256": h.sha256,
+        return {"model": self.mlm.name_or_path, "config_hash": self.mlm.config_hash, **self.mlm.identity(),
+                "data_sha256": h.sha256,
                 "n_tokens": h.n, "prompt_length": s.prompt_length, "block_length": s.block_length,
                 "levels": h.levels.tolist(), "batch_size": s.batch_size, "order": self.order, "seed": s.seed,
                 "checkpoint_every": s.checkpoint_every, "batches": self.batches}

@@ -44,6 +44,8 @@ _FORMAT = "mdm_sched.profile"
 _FORMAT_VERSION = 2
 #: A profile used for a length outside [measured / LENGTH_TOLERANCE, measured * LENGTH_TOLERANCE] warns.
 LENGTH_TOLERANCE = 2.0
+#: Cross-entropies below ``-_CE_TOLERANCE`` are refused (a measured mean CE is >= 0; allow float round-off).
+_CE_TOLERANCE = 1e-9
 # Names that live in mdm_sched.estimate but have always been importable from here.
 _FROM_ESTIMATE = ("estimate_profile", "default_levels", "DEFAULT_TOKENS_PER_LEVEL", "DEFAULT_N_LEVELS")
 
@@ -219,13 +221,23 @@ class InformationProfile(PretrainedJSON):
         if not np.all(np.isfinite(self.ce)):
             raise ValueError("ce contains NaN or inf: the model gave probability 0 to a data token "
                              "(a suppressed/special token in the data?)")
+        if np.any(self.ce < -_CE_TOLERANCE):
+            raise ValueError(f"ce must be >= 0 (a cross-entropy in nats), got {float(self.ce.min())!r} at level "
+                             f"{int(lv[int(self.ce.argmin())])}")
         self.se = _as_array(se, "se", k)
+        if np.any(self.se < 0):
+            raise ValueError("se must be >= 0 (standard errors) or NaN")
         nan = np.full(k, np.nan)
         self.entropy = nan.copy() if entropy is None else _as_array(entropy, "entropy", k)
         self.entropy_se = nan.copy() if entropy_se is None else _as_array(entropy_se, "entropy_se", k)
         self.accuracy = nan.copy() if accuracy is None else _as_array(accuracy, "accuracy", k)
         self.tokens = np.zeros(k, np.int64) if tokens is None else _as_array(tokens, "tokens", k, np.int64)
         self.rows = np.zeros(k, np.int64) if rows is None else _as_array(rows, "rows", k, np.int64)
+        for name, counts in (("tokens", self.tokens), ("rows", self.rows)):
+            if np.any(counts < 0):
+                raise ValueError(f"{name} must be counts >= 0, got {counts.tolist()[:8]}")
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise ValueError(f"metadata must be a dict, got {type(metadata).__name__}")
         self._metadata = dict(metadata or {})
         self.rank_ce = None if rank_ce is None else _rank_table(rank_ce, lv, n)
         self._fitted: np.ndarray | None = None
@@ -416,8 +428,9 @@ class InformationProfile(PretrainedJSON):
     def check(self, model: ModelLike | None = None, n_tokens: int | None = None, *, order: str | None = None,
               conditioning: str | None = None, strict: bool = False) -> None:
         """Warn (``strict=True``: raise ValueError) when ``model`` is not the model the profile was measured
-        on (config hash), ``n_tokens`` is far from the measured length, or the generation ``order`` /
-        ``conditioning`` (``"none"``, ``"prompt"``, ``"infill"``) is not the one the profile was measured for."""
+        on (config hash; weights fingerprint and dtype when recorded), ``n_tokens`` is far from the measured length,
+        or the generation ``order`` / ``conditioning`` (``"none"``, ``"prompt"``, ``"infill"``) is not the one the
+        profile was measured for."""
         problems = []
         mismatch = usage_mismatch(self.order, self.conditioning, order=order, conditioning=conditioning)
         if mismatch:
@@ -431,6 +444,8 @@ class InformationProfile(PretrainedJSON):
                 problems.append(f"the profile was measured on {self._metadata.get('model')!r} (config hash {mine}) "
                                 f"but the model is {mlm.name_or_path!r} (config hash {mlm.config_hash}); "
                                 "estimate a profile for this model")
+            else:
+                problems += self._weights_problems(mlm)
         if n_tokens is not None:
             lo, hi = min(self.lengths), max(self.lengths)
             if n_tokens < lo / LENGTH_TOLERANCE or n_tokens > hi * LENGTH_TOLERANCE:
@@ -441,6 +456,19 @@ class InformationProfile(PretrainedJSON):
                 raise ValueError("; ".join(problems))
             for p in problems:
                 warnings.warn(p, UserWarning, stacklevel=2)
+
+    def _weights_problems(self, mlm: Any) -> list[str]:
+        """The model's dtype and weights against those recorded (profiles from before they were recorded pass)."""
+        out = []
+        dtype, weights = self._metadata.get("dtype"), self._metadata.get("weights")
+        now = mlm.identity()
+        if dtype is not None and dtype != now["dtype"]:
+            out.append(f"the profile was measured in {dtype} but the model runs in {now['dtype']}; estimate a profile "
+                       "in this dtype (or load the model in the profile's)")
+        elif weights is not None and weights != now["weights"]:
+            out.append(f"the profile was measured on other weights (fingerprint {weights}) than the model's "
+                       f"({now['weights']}), though the architecture matches; estimate a profile for these weights")
+        return out
 
     # -- serialisation -----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -467,6 +495,9 @@ class InformationProfile(PretrainedJSON):
             v = data.get(key)
             return None if v is None else [math.nan if x is None else x for x in v]
 
+        missing = [k for k in ("levels", "ce", "se", "n_tokens") if data.get(k) is None]
+        if missing:
+            raise ValueError(f"corrupted profile: no {', '.join(repr(k) for k in missing)} field; re-estimate it")
         try:
             return cls(data["levels"], floats("ce"), floats("se"), n_tokens=data["n_tokens"],
                        entropy=floats("entropy"), entropy_se=floats("entropy_se"), accuracy=floats("accuracy"),

@@ -126,11 +126,19 @@ def generate(model: ModelLike, prompts: PromptLike | None = None, *,
             ``nn.Module`` whose ``forward(input_ids, attention_mask=None)`` returns ``.logits`` (then pass
             ``mask_token_id``).
         prompts: ``None`` (unconditional), strings (needs a tokenizer), token-id lists of any lengths, or a
-            LongTensor ``[B, P]`` with ``attention_mask``. Mask tokens inside prompts are infilled.
+            LongTensor ``[B, P]`` with ``attention_mask``. Mask tokens inside prompts are infilled. Every
+            attended id must lie in ``[0, vocab_size)``. **Special ids inside prompts are refused** (ValueError
+            naming the row and position): framing tokens (CLS/SEP/BOS the adapter adds itself), the pad id (when it
+            is not also EOS: pad a tensor with ``attention_mask=0`` instead) and, for families that never sample
+            special tokens (BERT-style), every special token but the mask and ``[UNK]`` (text the tokenizer could
+            not encode becomes ``[UNK]`` with a warning). EOS and chat-template tokens of diffusion LMs (LLaDA,
+            Dream) are content and allowed, and so are the special tokens a chat template puts in (``messages=``,
+            ``apply_chat_template=True``).
         generation_config: a :class:`~mdm_sched.config.MaskedGenerationConfig`; ``settings`` override its fields.
         generator: the only source of randomness: one ``torch.Generator`` (any device) or one per row.
         attention_mask: marks real prompt tokens when ``prompts`` is a padded tensor.
-        mask_token_id, tokenizer: used when ``model`` is not yet wrapped.
+        mask_token_id, tokenizer: used when ``model`` is not yet wrapped (a ``mask_token_id`` contradicting the
+            tokenizer's is an error; wrap with ``force_mask_token_id=True`` to insist).
         progress: show a progress bar over model calls.
         logits_processor, callback_on_step_end, streamer: hooks into every call (:mod:`mdm_sched.hooks`).
         messages: instead of ``prompts``, chat conversations (one, or one per row:
@@ -151,6 +159,7 @@ def generate(model: ModelLike, prompts: PromptLike | None = None, *,
         raise TypeError(f"generation_config must be a MaskedGenerationConfig, got {type(base).__name__}")
     cfg = base.replace(**settings).validated()
     check_generator(generator)
+    mlm.vocab_size  # noqa: B018 - resolves (and checks) the vocabulary and the special ids before any work
     prompts = chat_prompts(mlm, prompts, messages, apply_chat_template)
     hooks = Hooks(logits_processor=logits_processor, callback_on_step_end=callback_on_step_end, streamer=streamer)
     with torch.inference_mode():

@@ -98,6 +98,10 @@ class Schedule(PretrainedJSON):
             out.append(k)
         self._sizes = tuple(out)
         self._name = name
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise ValueError(f"metadata must be a dict, got {type(metadata).__name__}")
+        if name is not None and not isinstance(name, str):
+            raise ValueError(f"name must be a string, got {type(name).__name__}")
         self._metadata = dict(metadata or {})
 
     # -- read-only views -------------------------------------------------------------------------
@@ -203,7 +207,12 @@ class Schedule(PretrainedJSON):
         """Inverse of :meth:`to_dict`; a foreign, newer-format or corrupted object raises ValueError."""
         data = check_format(dict(data) if isinstance(data, Mapping) else data, fmt=_FORMAT, version=_FORMAT_VERSION,
                             what="schedule")
-        sched = cls(data["sizes"], name=data.get("name"), metadata=data.get("metadata"))
+        if "sizes" not in data:
+            raise ValueError("corrupted schedule: no 'sizes' field")
+        try:
+            sched = cls(data["sizes"], name=data.get("name"), metadata=data.get("metadata"))
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"corrupted schedule ({type(exc).__name__}: {exc})") from exc
         if "n_tokens" in data and data["n_tokens"] != sched.n_tokens:
             raise ValueError(f"corrupted schedule: sizes sum to {sched.n_tokens} but n_tokens={data['n_tokens']}")
         return sched
@@ -683,6 +692,9 @@ def resolve(spec: ScheduleLike, n_tokens: int, *, steps: int | None = None, prof
         return parse_rule(spec)
     if isinstance(spec, str) and spec not in BUILDERS and os.path.exists(spec):
         return resolve(Schedule.from_pretrained(spec), n_tokens, argname=argname)
+    if isinstance(spec, str) and spec not in BUILDERS and (os.sep in spec or "/" in spec or spec.endswith(".json")):
+        raise FileNotFoundError(f"schedule file {spec} does not exist (a schedule= string is a builder name, a rule such "
+                                "as 'threshold:0.9', or a saved schedule's file or folder)")
     if isinstance(spec, str):
         if steps is None:
             raise ValueError(f"schedule={spec!r} needs steps=<number of model calls per block> (not the total over "

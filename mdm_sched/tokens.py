@@ -88,17 +88,22 @@ class TokenPolicy:
 
     Attributes: ``mask_token_id``, ``pad_token_id``, ``eos_token_id``, ``framing`` (prefix id, suffix id;
     ``(None, None)`` for families without framing), ``never`` (ids never sampled, before ``allowed``),
-    ``allowed`` (ids that may be sampled, or ``None`` for all).
+    ``allowed`` (ids that may be sampled, or ``None`` for all), ``layout_ids`` (ids that are layout, not content:
+    framing, padding distinct from EOS and, for families that suppress special tokens, every special token but the
+    mask and ``[UNK]``; prompts may not hold them, see :func:`mdm_sched.generate`).
     """
 
     def __init__(self, *, mask_token_id: int, pad_token_id: int | None, eos_token_id: int | None,
-                 framing: Framing, never: Iterable[int], allowed: Iterable[int] | None = None) -> None:
+                 framing: Framing, never: Iterable[int], allowed: Iterable[int] | None = None,
+                 layout_ids: Iterable[int] = ()) -> None:
         self.mask_token_id = mask_token_id
         self.pad_token_id = pad_token_id
         self.eos_token_id = eos_token_id
         self.framing: Framing = framing
         self.never: frozenset[int] = frozenset(never)
         self.allowed: frozenset[int] | None = None if allowed is None else frozenset(allowed)
+        self.layout_ids: frozenset[int] = frozenset(layout_ids) - {mask_token_id}
+        self.suppressed: frozenset[int] = frozenset()  # the caller's suppress_tokens (set by resolve)
         if self.allowed is not None and not self.allowed:
             raise ValueError("allowed_tokens is empty: pass at least one token that may be sampled")
         self._masks: dict[tuple[int, torch.device], torch.Tensor] = {}
@@ -107,24 +112,38 @@ class TokenPolicy:
     def resolve(cls, family: Family, model: nn.Module, tokenizer: Any = None, *, mask_token_id: int | None = None,
                 pad_token_id: int | None = None, eos_token_id: int | None = None, framing: Framing | None = None,
                 suppress_tokens: Iterable[int | str] | None = None,
-                allowed_tokens: Iterable[int | str] | None = None) -> TokenPolicy:
-        """Resolve every id from the explicit arguments, then ``tokenizer``, then ``model.config``, then ``family``."""
-        mask = _resolve_mask_id(family, model, tokenizer, _explicit_id(mask_token_id, "mask_token_id"))
+                allowed_tokens: Iterable[int | str] | None = None, force_mask_token_id: bool = False) -> TokenPolicy:
+        """Resolve every id from the explicit arguments, then ``tokenizer``, then ``model.config``, then ``family``.
+
+        An explicit ``mask_token_id`` that contradicts the tokenizer's is an error unless ``force_mask_token_id``."""
+        explicit = _explicit_id(mask_token_id, "mask_token_id")
+        known = tokenizer_id(tokenizer, "mask_token_id")
+        if explicit is not None and known is not None and explicit != known and not force_mask_token_id:
+            raise ValueError(f"mask_token_id={explicit} contradicts the tokenizer's mask token "
+                             f"{getattr(tokenizer, 'mask_token', None)!r} (id {known}): drop mask_token_id=, or pass "
+                             "force_mask_token_id=True if the model really masks with another id")
+        mask = _resolve_mask_id(family, model, tokenizer, explicit)
         pad = first_int(_explicit_id(pad_token_id, "pad_token_id"), tokenizer_id(tokenizer, "pad_token_id"),
                         config_value(model, "pad_token_id"))
         eos = first_int(_explicit_id(eos_token_id, "eos_token_id"), tokenizer_id(tokenizer, "eos_token_id"),
                         config_value(model, "eos_token_id"))
         frame = _resolve_framing(family, model, tokenizer, framing)
         never = {mask}
+        layout = {i for i in frame if i is not None}
         if family.suppress_special_tokens:
             never |= {i for i in (*frame, pad) if i is not None}
             never |= {int(i) for i in (getattr(tokenizer, "all_special_ids", None) or [])}
+            layout = set(never) - {tokenizer_id(tokenizer, "unk_token_id")}  # [UNK] is input the model knows
         elif pad is not None and pad != eos:
             never.add(pad)  # diffusion LMs often pad with EOS, which must stay samplable (it ends the text)
-        if suppress_tokens is not None:
-            never |= set(token_ids(suppress_tokens, tokenizer, "suppress_tokens"))
+            layout.add(pad)
+        suppressed = set() if suppress_tokens is None else set(token_ids(suppress_tokens, tokenizer, "suppress_tokens"))
+        never |= suppressed
         allowed = None if allowed_tokens is None else token_ids(allowed_tokens, tokenizer, "allowed_tokens")
-        return cls(mask_token_id=mask, pad_token_id=pad, eos_token_id=eos, framing=frame, never=never, allowed=allowed)
+        policy = cls(mask_token_id=mask, pad_token_id=pad, eos_token_id=eos, framing=frame, never=never, allowed=allowed,
+                     layout_ids=layout)
+        policy.suppressed = frozenset(suppressed)
+        return policy
 
     @property
     def n_framing(self) -> int:

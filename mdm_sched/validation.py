@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
-__all__ = ["check_int", "check_float", "check_choice", "check_optional_int", "check_generator", "is_int"]
+__all__ = ["check_int", "check_float", "check_choice", "check_optional_int", "check_generator", "is_int",
+           "check_token_ids", "check_device", "check_input_path", "check_output_path"]
 
 T = TypeVar("T")
 
@@ -85,3 +88,83 @@ def check_generator(generator: Any, name: str = "generator") -> torch.Generator 
         return tuple(generator)
     raise TypeError(f"{name} must be None, a torch.Generator or a list of torch.Generator (one per row), got "
                     f"{type(generator).__name__}; build one with torch.Generator().manual_seed(seed)")
+
+
+def check_token_ids(ids: torch.Tensor, name: str, vocab_size: int, *, where: torch.Tensor | None = None) -> None:
+    """Raise a ValueError naming ``name``, the offending id and its position when an id of the integer tensor
+    ``ids`` (only where ``where`` is True, if given) lies outside ``[0, vocab_size)``."""
+    if ids.numel() == 0:
+        return
+    bad = (ids < 0) | (ids >= vocab_size)
+    if where is not None:
+        bad &= where
+    if not bool(bad.any()):
+        return
+    first = bad.nonzero()[0].tolist()
+    value = int(ids[tuple(first)])
+    at = f" at row {first[0]}, position {first[1]}" if len(first) == 2 else f" at position {first[0]}"
+    raise ValueError(f"{name} hold token id {value}{at}, outside the model's vocabulary [0, {vocab_size}): "
+                     "tokenise with the model's own tokenizer")
+
+
+def check_device(device: Any, name: str = "device") -> torch.device | None:
+    """``None`` or a ``torch.device`` this torch build can use (a CUDA device needs a CUDA build and a GPU)."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"{name}={device!r} is not a device: use e.g. 'cpu', 'cuda' or 'cuda:1'") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name}={device!r} but this torch build sees no CUDA GPU (torch.cuda.is_available() is "
+                             "False): use cpu, or install a CUDA build of torch on a machine with a GPU")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{name}={device!r} but only {torch.cuda.device_count()} CUDA device(s) are visible")
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"{name}={device!r} but MPS is not available here: use cpu")
+    return dev
+
+
+def check_input_path(path: Any, name: str, *, what: str = "file") -> Path:
+    """An existing file or folder ``path``; else a FileNotFoundError ``"<name> <path> does not exist"``."""
+    p = Path(os.fspath(path)).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"{name} {path} does not exist (expected a {what})")
+    return p
+
+
+def check_output_path(path: Any, name: str, *, folder_ok: bool = False, create_parents: bool = False) -> Path:
+    """A path that can be written: its folder exists (or, with ``create_parents``, the nearest existing ancestor
+    is writable) and is writable, and the path is not a folder (unless ``folder_ok``: then a folder, existing or
+    to be created in an existing parent, is the output). Checked before any work, so nothing is lost later."""
+    p = Path(os.fspath(path)).expanduser()
+    if p.is_dir():
+        if not folder_ok:
+            raise ValueError(f"{name} {path} is a folder: give a file name")
+        target = p
+    else:
+        target = p.parent if str(p.parent) else Path(".")
+        if not target.is_dir():
+            if not create_parents:
+                raise FileNotFoundError(f"{name} {path}: the folder {target} does not exist; create it first")
+            while not target.is_dir():
+                target = target.parent
+    if not os.access(target, os.W_OK | os.X_OK) or not _can_create_in(target):
+        raise PermissionError(f"{name} {path}: the folder {target} is not writable; choose another path")
+    if p.exists() and not p.is_dir() and not os.access(p, os.W_OK):
+        raise PermissionError(f"{name} {path} exists and is not writable; choose another path")
+    return p
+
+
+def _can_create_in(folder: Path) -> bool:
+    """Whether a file can really be created in ``folder`` (``os.access`` says yes to root on read-only mounts)."""
+    import tempfile
+
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".mdm_sched_write_check.", dir=folder)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(tmp)
+    return True

@@ -180,7 +180,11 @@ def test_wrap_detects_and_override_wins():
 def test_mask_id_sources():
     model = TinyLLaDA()
     model.config.mask_token_id = None
+    with pytest.raises(ValueError, match="mask_token_id=126336 is outside the vocabulary"):
+        wrap(model)  # the family default does not fit this 40-token model: refused at once
+    model.config.vocab_size = LLADA_MASK_TOKEN_ID + 1
     assert wrap(model).mask_token_id == LLADA_MASK_TOKEN_ID  # LLaDA's published id as the family default
+    model.config.vocab_size = 40
     assert wrap(model, mask_token_id=5).mask_token_id == 5   # explicit wins
     plain = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 10))
     with pytest.raises(ValueError, match="mask_token_id="):
