@@ -12,12 +12,10 @@ COMPAT_TRANSFORMERS ?= 4.38.2 4.46.3
 setup:
 	@bash scripts/setup.sh
 
-# CI's command: lint, the whole suite except GPU-only tests, then the fast tests that touch transformers
-# (scripts/compat/tests.txt) under each COMPAT_TRANSFORMERS release.
+# CI's command: lint, then side by side the whole suite except GPU-only tests and the fast tests that touch
+# transformers (scripts/compat/tests.txt) under each COMPAT_TRANSFORMERS release (scripts/test_all.sh).
 test: setup
-	$(VENV)/bin/ruff check .
-	$(OFFLINE) $(VENV)/bin/python -m pytest -m "not gpu" $(PYTEST_ARGS)
-	@for v in $(COMPAT_TRANSFORMERS); do bash scripts/test_compat.sh $$v || exit 1; done
+	@VENV=$(VENV) bash scripts/test_all.sh "$(COMPAT_TRANSFORMERS)" $(PYTEST_ARGS)
 
 # Only the fast suite under the older transformers releases (PYTEST_ARGS go to each run).
 test-compat:
