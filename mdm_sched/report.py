@@ -693,6 +693,20 @@ def _infill_orders_text(res: EvalResults) -> str:
     return " ".join(parts)
 
 
+def _profile_decoders_text(res: EvalResults) -> str:
+    """How the decoders built on the run's other profiles got them (measured on the profile split, never on the
+    evaluated examples), or nothing when none ran."""
+    from .decoders import DECODERS
+
+    extra = [d for d in res.config.infill_decoders if d in DECODERS and DECODERS[d].profile not in (None, "random")]
+    if not extra:
+        return ""
+    return ("; " + "; ".join(f"{d}: {DECODERS[d].description}" for d in extra)
+            + f" (profiles measured on split `{res.config.profile_split}`, policy and self profiles on at most "
+            f"{res.config.profile_walks} of its examples with the most common number of infilled positions; "
+            "optimal_policy runs under ranked orders only)")
+
+
 def _infill_section(res: EvalResults) -> list[str]:
     if res.infill is None:
         return []
@@ -702,7 +716,8 @@ def _infill_section(res: EvalResults) -> list[str]:
            f"infilled, mean {t.infilled[2]:.1f}; {t.given[2]:.1f} given on average). Fixed schedules are built for "
            f"N = {t.n_tokens} (rows with fewer positions rescale them) at T in {list(res.config.infill_budgets)} plus "
            "1 call and one call per token; optimal and sqrt use the random-order profile read at the same number of "
-           "masked positions. Adaptive rules choose their own calls. " + _infill_orders_text(res)
+           "masked positions" + _profile_decoders_text(res) + ". Adaptive rules choose their own calls. "
+           + _infill_orders_text(res)
            + " Mean calls: calls that revealed a position of the example (what it costs alone), ± SE over examples.",
            "", "### Sensitivity (1 call vs one call per token, paired on the examples)", ""]
     checks = [s for s in res.sensitivity if s.task == t.name]

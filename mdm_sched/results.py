@@ -104,6 +104,8 @@ class EvalConfig:
         "samples per example for sampled (random-order) infilling; greedy runs are deterministic"))
     infill_sequences: int | None = field(default=None, metadata=_help(
         "infill a random subset of at most this many evaluation sequences ('none': all)"))
+    profile_walks: int = field(default=32, metadata=_help(
+        "profile-split examples walked by the policy and self profiles (one forward per generated position each)"))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values (tuples as lists)."""
