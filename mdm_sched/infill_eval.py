@@ -267,6 +267,62 @@ def _nll(host: StageHost, task: InfillTask, scheds: dict[str, Schedule], task_fp
     return host.stage("infill conditional NLL", "infill/nll.json", fp, compute, eval_subset=False)
 
 
+def _ordered_nll_of(host: StageHost, task: InfillTask, sched: Schedule, order: str) -> list[float]:
+    """Per example: ``-log q(truth | context) / n`` of the deterministic ``order`` sampler with ``sched`` (rows with
+    ``n`` targets reveal ``sched.transfer_counts(n)`` per call, as generate() does), by teacher forcing."""
+    from .policy import ordered_nll
+    from .profile_stage import task_examples
+
+    ex, out = task_examples(task), np.zeros(len(task))
+    for n in sorted(set(task.n_targets.tolist())):
+        keep = task.n_targets == n
+        sizes = [int(c) for c in sched.transfer_counts(n).tolist() if c > 0]  # a call revealing nothing is no call
+        res = ordered_nll(host.model, ex.select(keep), Schedule(sizes), order=order, batch_size=host.cfg.batch_size,
+                          seed=host.cfg.seed)
+        out[keep.numpy()] = res.per_example
+        host.forward_rows += int(keep.sum()) * len(sizes)
+    return out.tolist()
+
+
+def _ordered_nll(host: StageHost, task: InfillTask, order: str, scheds: Mapping[str, Schedule],
+                 task_fp: Mapping[str, object]) -> dict[str, list[float]]:
+    """The conditional NLL of the truth under a ranked order, per schedule (cached per schedule's sizes)."""
+    out = {}
+    for key, sched in scheds.items():
+        fp = {"what": "infill-ordered-nll", "task": task_fp, "order": order, "sizes": list(sched.sizes)}
+        label = f"infill {order} conditional NLL {key}"
+        out[key] = host.stage(label, f"infill/ordered-{_key(fp)}.json", fp,
+                              lambda s=sched: {"nll": _ordered_nll_of(host, task, s, order)}, eval_subset=False)["nll"]
+    return out
+
+
+def _ordered_rows(task: InfillTask, order: str, nll: Mapping[str, list[float]], points: Mapping[str, tuple[str, int]],
+                  calls: Mapping[tuple[str, int], tuple[float, float]]) -> list[ResultRow]:
+    """``cond_nll`` rows of a ranked order (nats per token), paired with the baseline at the same budget."""
+    rows = []
+    for key, (name, t) in points.items():
+        v = np.asarray(nll[key])
+        base = nll.get(f"{BASELINE}@T={t}")
+        paired = None if base is None else PairedDiff(BASELINE, *_est((v - np.asarray(base)).tolist()))
+        c, cs = calls.get((name, t), (float(t), 0.0))
+        rows.append(ResultRow("cond_nll", order, name, t, *_est(v.tolist()), calls=c, calls_se=cs, paired=paired,
+                              task=task.name))
+    return rows
+
+
+def _fixed_points(cfg: EvalConfig, ctx: DecoderContext, order: str) -> tuple[dict[str, Schedule], dict[str, tuple[str, int]]]:
+    """Every fixed schedule run under ``order``, keyed ``name@T=t``, and its (decoder, budget)."""
+    scheds: dict[str, Schedule] = {}
+    points: dict[str, tuple[str, int]] = {}
+    for decoder in _decoders(cfg, order):
+        for value in _points(cfg, decoder, ctx.n_tokens) if decoder.fixed else ():
+            sched = decoder.rule(ctx, value)
+            assert isinstance(sched, Schedule)
+            key = f"{decoder.name}@T={int(value)}"
+            scheds[key], points[key] = sched, (decoder.name, int(value))
+    return scheds, points
+
+
 def _est(values: list[float]) -> tuple[float, float]:
     return metrics.mean_se(values)
 
@@ -307,8 +363,8 @@ def _nll_rows(task: InfillTask, logq: Mapping[str, list], points: Mapping[str, t
     return rows
 
 
-def _sensitivity(task: InfillTask, runs: list[_Run], nll: Mapping[str, list], n_tokens: int, z: float
-                 ) -> list[SensitivityCheck]:
+def _sensitivity(task: InfillTask, runs: list[_Run], nll: Mapping[str, list], ordered: Mapping[str, Mapping[str, list]],
+                 n_tokens: int, z: float) -> list[SensitivityCheck]:
     """Per (order, metric): 1 call against one call per token, paired on the examples."""
     out = []
     fixed = {(r.order, int(r.value)): r for r in runs if r.decoder.name == BASELINE}
@@ -323,6 +379,9 @@ def _sensitivity(task: InfillTask, runs: list[_Run], nll: Mapping[str, list], n_
             a, b = torch.tensor(nll[key1]), torch.tensor(nll[keyn])
             pairs["cond_nll"] = (-a.mean(1).numpy() / n, -b.mean(1).numpy() / n)
             pairs["cond_nll_M"] = (-metrics.logmeanexp(a, 1).numpy() / n, -metrics.logmeanexp(b, 1).numpy() / n)
+        got = ordered.get(order, {})
+        if key1 in got and keyn in got:
+            pairs["cond_nll"] = (np.asarray(got[key1]), np.asarray(got[keyn]))
         for metric, (a1, an) in pairs.items():
             d, dse = _est((an - a1).tolist())
             zz = abs(d) / dse if dse > 0 else (math.inf if d != 0 else 0.0)
@@ -339,18 +398,17 @@ def run_infill(host: StageHost, task: InfillTask, full_curve: np.ndarray) -> Inf
     summ = task.summary()
     task_fp = {**summ, "sha": hashlib.sha1(task.ids.numpy().tobytes() + task.target.numpy().tobytes()).hexdigest()[:16]}
     runs = _runs(host, task, ctxs, task_fp)
-    scheds: dict[str, Schedule] = {}
-    points: dict[str, tuple[str, int]] = {}
     random_order = "random" in host.cfg.infill_orders  # the conditional NLL is a random-order quantity
-    for decoder in _decoders(host.cfg, "random") if random_order else ():
-        for value in _points(host.cfg, decoder, n_tokens) if decoder.fixed else ():
-            sched = decoder.rule(ctxs["random"], value)
-            assert isinstance(sched, Schedule)
-            key = f"{decoder.name}@T={int(value)}"
-            scheds[key], points[key] = sched, (decoder.name, int(value))
+    scheds, points = _fixed_points(host.cfg, ctxs["random"], "random") if random_order else ({}, {})
     nll = _nll(host, task, scheds, task_fp)["logq"] if scheds else {}
-    calls = {(r.decoder.name, int(r.value)): _est(r.scores["calls"]) for r in runs
-             if r.decoder.fixed and r.order == "random"}
-    rows = _sample_rows(task, runs) + _nll_rows(task, nll, points, calls)
+    calls = {(r.order, r.decoder.name, int(r.value)): _est(r.scores["calls"]) for r in runs if r.decoder.fixed}
+    at = lambda order: {(d, t): v for (o, d, t), v in calls.items() if o == order}
+    rows = _sample_rows(task, runs) + _nll_rows(task, nll, points, at("random"))
+    ordered: dict[str, dict[str, list[float]]] = {}
+    for order in (o for o in host.cfg.infill_orders if o != "random" and host.cfg.ordered_nll):
+        o_scheds, o_points = _fixed_points(host.cfg, ctxs[order], order)
+        ordered[order] = _ordered_nll(host, task, order, o_scheds, task_fp)
+        rows += _ordered_rows(task, order, ordered[order], o_points, at(order))
     summary = TaskSummary(task.name, task.description, len(task), tuple(summ["infilled"]), tuple(summ["given"]), n_tokens)
-    return InfillOutcome(rows, _sensitivity(task, runs, nll, n_tokens, host.cfg.sensitivity_z), summary)
+    checks = _sensitivity(task, runs, nll, ordered, n_tokens, host.cfg.sensitivity_z)
+    return InfillOutcome(rows, checks, summary)

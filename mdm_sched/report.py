@@ -690,6 +690,10 @@ def _infill_orders_text(res: EvalResults) -> str:
     if ranked:
         parts.append(f"{', '.join(ranked).capitalize()} order{'s are' if len(ranked) > 1 else ' is'} greedy "
                      "(temperature 0, as LLaDA users decode).")
+    if ranked and res.config.ordered_nll:
+        parts.append("Under ranked orders the conditional NLL of the truth is the ordered sampler's (its deterministic "
+                     "ranking, temperature-1 draws), by teacher forcing along its own ranking "
+                     "(`mdm_sched.policy.ordered_nll`): the quantity the policy profile's schedule minimises.")
     return " ".join(parts)
 
 
