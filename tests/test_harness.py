@@ -368,6 +368,7 @@ def test_infill_stage_end_to_end_on_sapiens(tmp_path):
     assert again.rows == res.rows and time.time() - t0 < 60
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("error:the profile behind this schedule")
 def test_profile_decoders_infill_and_unconditional_on_sapiens(tmp_path):
     """optimal on the region-conditional, policy and self profiles: measured on the profile split, matching the order
@@ -380,13 +381,16 @@ def test_profile_decoders_infill_and_unconditional_on_sapiens(tmp_path):
                              max_eval_sequences=4, path_kl_levels=1, profile_levels=4, profile_tokens_per_level=64,
                              infill="imgt:27-38", infill_sequences=6, infill_budgets=(2,), infill_samples=1,
                              infill_decoders=("constant", "optimal", "optimal_region", "optimal_policy", "optimal_self"),
-                             profile_walks=3, batch_size=16)
+                             profile_walks=3, batch_size=16, ordered_nll=True)
     res = harness.run_eval(cfg, tmp_path, log=lambda s: None)
     rows = [r for r in res.rows_of(res.infill.name) if r.metric == "exact_match"]
     ran = {(r.order, r.decoder) for r in rows}
     assert ("random", "optimal_policy") not in ran and ("confidence", "optimal_policy") in ran
     assert {("random", d) for d in ("optimal_region", "optimal_self")} <= ran
     assert {("confidence", d) for d in ("optimal_region", "optimal_self")} <= ran
+    ordered = {(r.decoder, r.budget) for r in res.rows_of(res.infill.name) if r.metric == "cond_nll" and r.order == "confidence"}
+    assert ("optimal_policy", 2) in ordered and ("constant", res.infill.n_tokens) in ordered
+    assert res.sensitivity_of("cond_nll", order="confidence", task=res.infill.name) is not None
     # every extra profile was measured on the profile split, for the order and conditioning it is used with
     cached = {p.stem: harness.read_json(p, what="cache") for p in (tmp_path / "cache" / "profiles").glob("*.json")}
     assert set(cached) == {"region", "region-policy-confidence", "region-self-random", "region-self-confidence",
