@@ -515,7 +515,8 @@ def matched_calls_table(results: EvalResults, order: str) -> str:
         any_row = next(iter(cell.values()))
         vals = [_fmt(cell[m].value, cell[m].se) if m in cell else "n/a" for m in metrics_]
         body.append([decoder, setting, _fmt(any_row.calls or 0.0, any_row.calls_se), *vals])
-    header = ["decoder", "T / setting", "mean calls", "recovery", "exact match", "cond. NLL bound [nats/token]",
+    header = ["decoder", "T / setting", "mean calls", "recovery", "exact match",
+              "cond. NLL bound [nats/token]" if order == "random" else "cond. NLL, ordered sampler [nats/token]",
               "cond. NLL M-order [nats/token]"]
     return markdown_table(header, body)
 
