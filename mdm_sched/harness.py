@@ -41,6 +41,7 @@ from . import schedules as _schedules
 from ._io import atomic_write_json, read_json
 from ._types import PathLike
 from .results import (
+    DEFAULT_DECODERS,
     Estimate,
     EvalConfig,
     EvalResults,
@@ -64,14 +65,20 @@ DEMO_FULL = EvalConfig(budgets=(5, 10, 15), schedules=("constant", "cosine", "op
                        num_samples=8, n_orders=2, max_eval_sequences=16, path_kl_levels=2, judge_positions=2,
                        profile_levels=24, profile_tokens_per_level=1536, theory=True,
                        infill="imgt:1-65", infill_orders=("confidence",), infill_budgets=(2, 4),
-                       thresholds=(0.5, 0.7), entropy_bounds=(8.0, 32.0))
+                       thresholds=(0.5, 0.7), entropy_bounds=(8.0, 32.0),
+                       # optimal_region's profile would cost about 1.7x the unconditional one: left to `eval`
+                       infill_decoders=DEFAULT_DECODERS + ("optimal_policy",), profile_walks=16)
 DEMO_QUICK = EvalConfig(model="sapiens-vh", judge=None, budgets=(4, 8, 16), num_samples=32, n_orders=2,
                         max_eval_sequences=64, path_kl_levels=8, judge_positions=1, orders=("random",),
                         profile_levels=24, profile_tokens_per_level=2048, theory=True,
                         infill="imgt:27-65", infill_orders=("confidence",), infill_budgets=(2, 4, 8),
-                        thresholds=(0.5, 0.7, 0.9), entropy_bounds=(2.0, 8.0))
+                        thresholds=(0.5, 0.7, 0.9), entropy_bounds=(2.0, 8.0),
+                        infill_decoders=DEFAULT_DECODERS + ("optimal_region", "optimal_policy"), profile_walks=16)
 
 ORDERS = ("random", "confidence", "margin", "entropy")
+#: unconditional schedules built on a profile the run measures besides the random-order one
+#: (:mod:`mdm_sched.profile_stage`): the self profile of each order, and the policy profile of each ranked order
+PROFILE_SCHEDULES = ("optimal_self", "optimal_policy")
 BASELINE_DECODER = "constant"
 SAMPLE_METRICS = ("path_kl", "js2", "js3", "pos_js", "judge_pll")
 #: a cache file's content besides its fingerprint (JSON values)
@@ -194,6 +201,27 @@ class _Run:
               "tokens_per_level": cfg.profile_tokens_per_level}
         return ms.InformationProfile.from_dict(self.stage("profile", "profile.json", fp, compute)["profile"])
 
+    def other_profile(self, kind: str, order: str) -> InformationProfile:
+        """The unconditional ``kind`` profile (``"policy"`` or ``"self"``) of ``order`` on the profile split's first
+        ``profile_walks`` sequences (:mod:`mdm_sched.profile_stage`)."""
+        from . import profile_stage
+
+        ex = profile_stage.unconditional_examples(self.prof_x, self.cfg.profile_walks)
+        make = profile_stage.policy_profile if kind == "policy" else profile_stage.self_profile
+        return make(self, ex, order, label="unconditional")
+
+    def schedule(self, name: str, t: int, order: str, curve: np.ndarray) -> _schedules.Schedule | None:
+        """Schedule ``name`` with ``t`` calls for ``order``; None for ``optimal_policy`` under random order (the
+        policy profile describes ranked orders only)."""
+        if name == "optimal_policy":
+            return None if order == "random" else _schedules.optimal(self.other_profile("policy", order), t,
+                                                                     n_tokens=self.n)
+        if name == "optimal_self":
+            prof = self.other_profile("self", order)
+            sched = _schedules.optimal(prof if prof.kind == "policy" else prof.curve(self.n), t)
+            return _schedules.Schedule(sched.sizes, name=name, metadata=sched.metadata)
+        return _schedules.build(name, self.n, t, curve)
+
     # -- held-out ----------------------------------------------------------------------------------
     def heldout_rows(self, scheds: Schedules) -> list[ResultRow]:
         """The bound and the M-order NLL per (schedule, T), paired with the constant schedule when present."""
@@ -212,8 +240,9 @@ class _Run:
         logq = {k: torch.tensor(v, dtype=torch.float64) for k, v in hit["logq"].items()}
         base = "constant" if "constant" in self.cfg.schedules else None
         rows = []
+        names = list(dict.fromkeys(name for name, _ in scheds))
         for t in self.cfg.budgets:
-            sub = metrics.HeldoutResult(logq={n: logq[f"{n}@T={t}"] for n in self.cfg.schedules},
+            sub = metrics.HeldoutResult(logq={n: logq[f"{n}@T={t}"] for n in names},
                                         n_tokens=hit["n_tokens"], n_forward_rows=0)
             for name, s in metrics.summarize_heldout(sub, baseline=base).items():
                 for metric in ("bound", "nll_M"):
@@ -302,9 +331,9 @@ def _check_config(cfg: EvalConfig) -> None:
         raise TypeError("EvalConfig.model and .judge must be model names or paths (str); judge may be None")
     if not cfg.budgets or any(isinstance(t, bool) or not isinstance(t, int) or t < 1 for t in cfg.budgets):
         raise ValueError(f"budgets must be positive ints, got {cfg.budgets!r}")
-    bad = [s for s in cfg.schedules if s not in _schedules.BUILDERS]
+    bad = [s for s in cfg.schedules if s not in _schedules.BUILDERS + PROFILE_SCHEDULES]
     if bad:
-        raise ValueError(f"unknown schedules {bad}; choose from {', '.join(_schedules.BUILDERS)}")
+        raise ValueError(f"unknown schedules {bad}; choose from {', '.join(_schedules.BUILDERS + PROFILE_SCHEDULES)}")
     if any(o not in ORDERS for o in cfg.orders) or "random" not in cfg.orders:
         raise ValueError(f"orders must include 'random' and may add confidence/margin/entropy, got {cfg.orders!r}")
     for name in ("num_samples", "n_orders", "profile_levels", "profile_tokens_per_level", "batch_size"):
@@ -313,6 +342,7 @@ def _check_config(cfg: EvalConfig) -> None:
         check_optional_int(getattr(cfg, name), f"EvalConfig.{name}", minimum=1, hint=" or None")
     check_optional_int(cfg.n_tokens, "EvalConfig.n_tokens", minimum=2, hint=" or None (the most common length)")
     check_int(cfg.seed, "EvalConfig.seed", minimum=0)
+    check_int(cfg.profile_walks, "EvalConfig.profile_walks", minimum=1)
     check_float(cfg.sensitivity_z, "EvalConfig.sensitivity_z", minimum=0.0, min_inclusive=False)
     if cfg.infill is not None:
         _check_infill_config(cfg)
@@ -340,8 +370,10 @@ def _check_infill_config(cfg: EvalConfig) -> None:
     check_optional_int(cfg.infill_sequences, "EvalConfig.infill_sequences", minimum=1, hint=" or None")
 
 
-def _build_schedules(cfg: EvalConfig, n: int, curve: np.ndarray) -> Schedules:
-    return {(name, t): _schedules.build(name, n, t, curve) for t in cfg.budgets for name in cfg.schedules}
+def _build_schedules(run: _Run, curve: np.ndarray) -> Schedules:
+    """The random-order schedules (held-out bound, random-order samples, plots): every name that has one."""
+    built = {(name, t): run.schedule(name, t, "random", curve) for t in run.cfg.budgets for name in run.cfg.schedules}
+    return {k: s for k, s in built.items() if s is not None}
 
 
 def _sample_rows(run: _Run, scheds: Schedules, curve: np.ndarray) -> list[ResultRow]:
@@ -351,7 +383,9 @@ def _sample_rows(run: _Run, scheds: Schedules, curve: np.ndarray) -> list[Result
         budgets = cfg.budgets if order == "random" or cfg.confidence_budgets is None else cfg.confidence_budgets
         for t in budgets:
             for name in cfg.schedules:
-                sched = scheds.get((name, t)) or _schedules.build(name, run.n, t, curve)
+                sched = scheds.get((name, t)) if order == "random" else run.schedule(name, t, order, curve)
+                if sched is None:
+                    continue
                 res = run.samples(order, name, sched)
                 for metric in SAMPLE_METRICS:
                     if metric in res and np.isfinite(res[metric][0]):
@@ -420,7 +454,7 @@ def _write_outputs(results: EvalResults, out: Path, prof: InformationProfile, cu
     except Exception as exc:  # a plotting failure must not lose the numbers
         results.caveats.append(f"profile plot failed: {exc}")
     for t in results.config.budgets:
-        report.plot_profile_blocks(curve, {name: scheds[(name, t)].cumulative for name in results.config.schedules},
+        report.plot_profile_blocks(curve, {name: s.cumulative for (name, tt), s in scheds.items() if tt == t},
                                    out / f"profile_blocks_T{t}.png", title=f"fitted CE profile, block starts at T={t}")
     report.write_report_files(results, out)
 
@@ -443,7 +477,7 @@ def run_eval(cfg: EvalConfig, out_dir: PathLike, *, log: Callable[[str], None] |
     prof = run.profile()
     prof.save(out / "profile.json")
     curve = prof.curve(run.n)
-    scheds = _build_schedules(cfg, run.n, curve)
+    scheds = _build_schedules(run, curve)
     atomic_write_json(out / "schedules.json", {f"{k[0]}@T={k[1]}": s.to_dict() for k, s in scheds.items()})
     results = EvalResults(config=cfg, n_tokens=run.n, profile_data=run.profile_data, eval_data=run.eval_data,
                           data_description=f"{cfg.data} (profile: {cfg.profile_split}, eval: {cfg.eval_split})",

@@ -25,18 +25,20 @@ import numpy as np
 import torch
 
 from . import metrics
-from .decoders import RANDOM_PROFILE, Decoder, DecoderContext, get_decoder
+from .decoders import POLICY_PROFILE, RANDOM_PROFILE, REGION_PROFILE, SELF_PROFILE, Decoder, DecoderContext, get_decoder
 from .results import Estimate, PairedDiff, ResultRow, SensitivityCheck, TaskSummary
 from .rules import RevealRule
 from .schedules import Schedule
 
 if TYPE_CHECKING:
+    from .conditioning import Examples
     from .models import MaskedLM
+    from .profile import InformationProfile
     from .results import EvalConfig
     from .tasks import InfillTask
 
-__all__ = ["INFILL_METRICS", "SAMPLE_METRICS", "NLL_METRICS", "BASELINE", "PROFILE_CURVES", "temperature_of",
-           "load_task", "infill_curve", "run_infill", "InfillOutcome"]
+__all__ = ["INFILL_METRICS", "SAMPLE_METRICS", "NLL_METRICS", "BASELINE", "PROFILE_SOURCES", "ProfileSources",
+           "temperature_of", "load_task", "infill_curve", "run_infill", "InfillOutcome"]
 
 SAMPLE_METRICS = ("recovery", "exact_match")
 NLL_METRICS = ("cond_nll", "cond_nll_M")
@@ -72,16 +74,17 @@ def temperature_of(order: str) -> float:
     return 1.0 if order == "random" else 0.0
 
 
-def load_task(cfg: EvalConfig, model: MaskedLM) -> InfillTask:
-    """``cfg.infill`` on the evaluation split, at most ``cfg.infill_sequences`` examples (a seeded subset)."""
+def load_task(cfg: EvalConfig, model: MaskedLM, *, split: str | None = None) -> InfillTask:
+    """``cfg.infill`` on the evaluation split, at most ``cfg.infill_sequences`` examples (a seeded subset); with
+    ``split`` (the profile split, for the profiles conditioned like the task): on that split, every example."""
     from .data import load_source
     from .tasks import build_task
 
     assert cfg.infill is not None
-    source = load_source(cfg.data, split=cfg.eval_split)
+    source = load_source(cfg.data, split=split or cfg.eval_split)
     alphabet = sorted({t for seq in model.encode(list(source["text"])) for t in seq})
     task = build_task(cfg.infill, source, model.encode, alphabet=alphabet, seed=cfg.seed)
-    if cfg.infill_sequences is not None and len(task) > cfg.infill_sequences:
+    if split is None and cfg.infill_sequences is not None and len(task) > cfg.infill_sequences:
         g = torch.Generator().manual_seed(cfg.seed)
         task = task.subset(torch.randperm(len(task), generator=g)[:cfg.infill_sequences].sort().values)
     return task
@@ -99,23 +102,75 @@ def infill_curve(full_curve: np.ndarray, n_tokens: int) -> np.ndarray:
     return full[full.size - n_tokens:]
 
 
-#: how the stage gets each profile curve a decoder may name (:attr:`~mdm_sched.decoders.Decoder.profile`), from the
-#: host, the task, the run's random-order curve and the number of positions: a decoder on another profile (conditional
-#: on the task, ordering-aware) adds its provider here and its entry in :data:`mdm_sched.decoders.DECODERS`.
-CurveProvider = Callable[[StageHost, "InfillTask", np.ndarray, int], np.ndarray]
-PROFILE_CURVES: dict[str, CurveProvider] = {
-    RANDOM_PROFILE: lambda host, task, full_curve, n: infill_curve(full_curve, n),
+class ProfileSources:
+    """The profiles the decoders of one infilling run may name, each measured on the profile split when first asked
+    for (and cached by the host): the run's random-order curve and :mod:`mdm_sched.profile_stage`'s profiles."""
+
+    def __init__(self, host: StageHost, full_curve: np.ndarray) -> None:
+        self.host, self.full_curve = host, full_curve
+        self._train: Examples | None = None
+
+    def train(self) -> Examples:
+        """The task built on the profile split (never the evaluation examples), as examples."""
+        from .profile_stage import task_examples
+
+        if self._train is None:
+            self._train = task_examples(load_task(self.host.cfg, self.host.model, split=self.host.cfg.profile_split))
+        return self._train
+
+    def walked(self) -> Examples:
+        """The profile split's examples that policy and self profiles walk (equal lengths, ``profile_walks`` at most)."""
+        from .profile_stage import equal_length
+
+        return equal_length(self.train(), self.host.cfg.profile_walks, self.host.cfg.seed)
+
+
+def _region(src: ProfileSources, n: int, order: str) -> np.ndarray:
+    from .profile_stage import region_profile
+
+    return region_profile(src.host, src.train()).curve(n)
+
+
+def _policy(src: ProfileSources, n: int, order: str) -> InformationProfile:
+    from .profile_stage import policy_profile
+
+    return policy_profile(src.host, src.walked(), order, label="region")
+
+
+def _self(src: ProfileSources, n: int, order: str) -> np.ndarray | InformationProfile:
+    from .profile_stage import self_profile
+
+    prof = self_profile(src.host, src.walked(), order, label="region")
+    return prof if prof.kind == "policy" else prof.curve(n)
+
+
+#: how the stage gets each profile a decoder may name (:attr:`~mdm_sched.decoders.Decoder.profile`), for ``n``
+#: positions and the run's order: a CE curve (random-order profiles) or a profile object (ordering-aware ones).
+#: A decoder on another profile adds its provider here and its entry in :data:`mdm_sched.decoders.DECODERS`.
+SourceProvider = Callable[[ProfileSources, int, str], "np.ndarray | InformationProfile"]
+PROFILE_SOURCES: dict[str, SourceProvider] = {
+    RANDOM_PROFILE: lambda src, n, order: infill_curve(src.full_curve, n),
+    REGION_PROFILE: _region,
+    POLICY_PROFILE: _policy,
+    SELF_PROFILE: _self,
 }
 
 
-def _context(host: StageHost, task: InfillTask, full_curve: np.ndarray, n_tokens: int) -> DecoderContext:
-    """The decoders' context: the curves of exactly the profiles the configured decoders name."""
-    needed = {get_decoder(name).profile for name in host.cfg.infill_decoders} - {None}
-    unknown = sorted(p for p in needed if p not in PROFILE_CURVES)
+def _decoders(cfg: EvalConfig, order: str) -> list[Decoder]:
+    """The configured decoders defined for ``order``."""
+    return [d for d in (get_decoder(name) for name in cfg.infill_decoders) if d.runs_under(order)]
+
+
+def _context(src: ProfileSources, n_tokens: int, order: str) -> DecoderContext:
+    """The decoders' context under ``order``: exactly the profiles its decoders name, curves and profile objects."""
+    needed = {d.profile for d in _decoders(src.host.cfg, order)} - {None}
+    unknown = sorted(p for p in needed if p not in PROFILE_SOURCES)
     if unknown:
-        raise ValueError(f"no provider for the profiles {unknown} (infill_eval.PROFILE_CURVES has "
-                         f"{', '.join(PROFILE_CURVES)})")
-    return DecoderContext(n_tokens, {p: PROFILE_CURVES[p](host, task, full_curve, n_tokens) for p in sorted(needed)})
+        raise ValueError(f"no provider for the profiles {unknown} (infill_eval.PROFILE_SOURCES has "
+                         f"{', '.join(PROFILE_SOURCES)})")
+    got = {p: PROFILE_SOURCES[p](src, n_tokens, order) for p in sorted(needed)}
+    curves = {k: v for k, v in got.items() if isinstance(v, np.ndarray)}
+    return DecoderContext(n_tokens, curves, {k: v for k, v in got.items() if not isinstance(v, np.ndarray)}, order)
 
 
 def _key(*parts: object) -> str:
@@ -177,11 +232,12 @@ class _Run:
     scores: Payload
 
 
-def _runs(host: StageHost, task: InfillTask, ctx: DecoderContext, task_fp: Mapping[str, object]) -> list[_Run]:
+def _runs(host: StageHost, task: InfillTask, ctxs: Mapping[str, DecoderContext], task_fp: Mapping[str, object]
+          ) -> list[_Run]:
     cfg, runs = host.cfg, []
     for order in cfg.infill_orders:
-        for name in cfg.infill_decoders:
-            decoder = get_decoder(name)
+        ctx = ctxs[order]
+        for decoder in _decoders(cfg, order):
             for value in _points(cfg, decoder, ctx.n_tokens):
                 rule = decoder.rule(ctx, value)
                 fp = {"what": "infill", "task": task_fp, "order": order, "rule": _describe(rule),
@@ -209,6 +265,62 @@ def _nll(host: StageHost, task: InfillTask, scheds: dict[str, Schedule], task_fp
     fp = {"what": "infill-nll", "task": task_fp, "n_orders": cfg.n_orders,
           "schedules": {k: list(s.sizes) for k, s in scheds.items()}}
     return host.stage("infill conditional NLL", "infill/nll.json", fp, compute, eval_subset=False)
+
+
+def _ordered_nll_of(host: StageHost, task: InfillTask, sched: Schedule, order: str) -> list[float]:
+    """Per example: ``-log q(truth | context) / n`` of the deterministic ``order`` sampler with ``sched`` (rows with
+    ``n`` targets reveal ``sched.transfer_counts(n)`` per call, as generate() does), by teacher forcing."""
+    from .policy import ordered_nll
+    from .profile_stage import task_examples
+
+    ex, out = task_examples(task), np.zeros(len(task))
+    for n in sorted(set(task.n_targets.tolist())):
+        keep = task.n_targets == n
+        sizes = [int(c) for c in sched.transfer_counts(n).tolist() if c > 0]  # a call revealing nothing is no call
+        res = ordered_nll(host.model, ex.select(keep), Schedule(sizes), order=order, batch_size=host.cfg.batch_size,
+                          seed=host.cfg.seed)
+        out[keep.numpy()] = res.per_example
+        host.forward_rows += int(keep.sum()) * len(sizes)
+    return out.tolist()
+
+
+def _ordered_nll(host: StageHost, task: InfillTask, order: str, scheds: Mapping[str, Schedule],
+                 task_fp: Mapping[str, object]) -> dict[str, list[float]]:
+    """The conditional NLL of the truth under a ranked order, per schedule (cached per schedule's sizes)."""
+    out = {}
+    for key, sched in scheds.items():
+        fp = {"what": "infill-ordered-nll", "task": task_fp, "order": order, "sizes": list(sched.sizes)}
+        label = f"infill {order} conditional NLL {key}"
+        out[key] = host.stage(label, f"infill/ordered-{_key(fp)}.json", fp,
+                              lambda s=sched: {"nll": _ordered_nll_of(host, task, s, order)}, eval_subset=False)["nll"]
+    return out
+
+
+def _ordered_rows(task: InfillTask, order: str, nll: Mapping[str, list[float]], points: Mapping[str, tuple[str, int]],
+                  calls: Mapping[tuple[str, int], tuple[float, float]]) -> list[ResultRow]:
+    """``cond_nll`` rows of a ranked order (nats per token), paired with the baseline at the same budget."""
+    rows = []
+    for key, (name, t) in points.items():
+        v = np.asarray(nll[key])
+        base = nll.get(f"{BASELINE}@T={t}")
+        paired = None if base is None else PairedDiff(BASELINE, *_est((v - np.asarray(base)).tolist()))
+        c, cs = calls.get((name, t), (float(t), 0.0))
+        rows.append(ResultRow("cond_nll", order, name, t, *_est(v.tolist()), calls=c, calls_se=cs, paired=paired,
+                              task=task.name))
+    return rows
+
+
+def _fixed_points(cfg: EvalConfig, ctx: DecoderContext, order: str) -> tuple[dict[str, Schedule], dict[str, tuple[str, int]]]:
+    """Every fixed schedule run under ``order``, keyed ``name@T=t``, and its (decoder, budget)."""
+    scheds: dict[str, Schedule] = {}
+    points: dict[str, tuple[str, int]] = {}
+    for decoder in _decoders(cfg, order):
+        for value in _points(cfg, decoder, ctx.n_tokens) if decoder.fixed else ():
+            sched = decoder.rule(ctx, value)
+            assert isinstance(sched, Schedule)
+            key = f"{decoder.name}@T={int(value)}"
+            scheds[key], points[key] = sched, (decoder.name, int(value))
+    return scheds, points
 
 
 def _est(values: list[float]) -> tuple[float, float]:
@@ -251,8 +363,8 @@ def _nll_rows(task: InfillTask, logq: Mapping[str, list], points: Mapping[str, t
     return rows
 
 
-def _sensitivity(task: InfillTask, runs: list[_Run], nll: Mapping[str, list], n_tokens: int, z: float
-                 ) -> list[SensitivityCheck]:
+def _sensitivity(task: InfillTask, runs: list[_Run], nll: Mapping[str, list], ordered: Mapping[str, Mapping[str, list]],
+                 n_tokens: int, z: float) -> list[SensitivityCheck]:
     """Per (order, metric): 1 call against one call per token, paired on the examples."""
     out = []
     fixed = {(r.order, int(r.value)): r for r in runs if r.decoder.name == BASELINE}
@@ -267,6 +379,9 @@ def _sensitivity(task: InfillTask, runs: list[_Run], nll: Mapping[str, list], n_
             a, b = torch.tensor(nll[key1]), torch.tensor(nll[keyn])
             pairs["cond_nll"] = (-a.mean(1).numpy() / n, -b.mean(1).numpy() / n)
             pairs["cond_nll_M"] = (-metrics.logmeanexp(a, 1).numpy() / n, -metrics.logmeanexp(b, 1).numpy() / n)
+        got = ordered.get(order, {})
+        if key1 in got and keyn in got:
+            pairs["cond_nll"] = (np.asarray(got[key1]), np.asarray(got[keyn]))
         for metric, (a1, an) in pairs.items():
             d, dse = _est((an - a1).tolist())
             zz = abs(d) / dse if dse > 0 else (math.inf if d != 0 else 0.0)
@@ -278,22 +393,22 @@ def _sensitivity(task: InfillTask, runs: list[_Run], nll: Mapping[str, list], n_
 def run_infill(host: StageHost, task: InfillTask, full_curve: np.ndarray) -> InfillOutcome:
     """The whole stage: every (order, decoder, value) run, the conditional NLL, rows and sensitivity checks."""
     n_tokens = int(task.n_targets.max())
-    ctx = _context(host, task, full_curve, n_tokens)
+    src = ProfileSources(host, full_curve)
+    ctxs = {order: _context(src, n_tokens, order) for order in host.cfg.infill_orders}
     summ = task.summary()
     task_fp = {**summ, "sha": hashlib.sha1(task.ids.numpy().tobytes() + task.target.numpy().tobytes()).hexdigest()[:16]}
-    runs = _runs(host, task, ctx, task_fp)
-    scheds: dict[str, Schedule] = {}
-    points: dict[str, tuple[str, int]] = {}
+    runs = _runs(host, task, ctxs, task_fp)
     random_order = "random" in host.cfg.infill_orders  # the conditional NLL is a random-order quantity
-    for decoder in (get_decoder(name) for name in host.cfg.infill_decoders if random_order):
-        for value in _points(host.cfg, decoder, n_tokens) if decoder.fixed else ():
-            sched = decoder.rule(ctx, value)
-            assert isinstance(sched, Schedule)
-            key = f"{decoder.name}@T={int(value)}"
-            scheds[key], points[key] = sched, (decoder.name, int(value))
+    scheds, points = _fixed_points(host.cfg, ctxs["random"], "random") if random_order else ({}, {})
     nll = _nll(host, task, scheds, task_fp)["logq"] if scheds else {}
-    calls = {(r.decoder.name, int(r.value)): _est(r.scores["calls"]) for r in runs
-             if r.decoder.fixed and r.order == "random"}
-    rows = _sample_rows(task, runs) + _nll_rows(task, nll, points, calls)
+    calls = {(r.order, r.decoder.name, int(r.value)): _est(r.scores["calls"]) for r in runs if r.decoder.fixed}
+    at = lambda order: {(d, t): v for (o, d, t), v in calls.items() if o == order}
+    rows = _sample_rows(task, runs) + _nll_rows(task, nll, points, at("random"))
+    ordered: dict[str, dict[str, list[float]]] = {}
+    for order in (o for o in host.cfg.infill_orders if o != "random" and host.cfg.ordered_nll):
+        o_scheds, o_points = _fixed_points(host.cfg, ctxs[order], order)
+        ordered[order] = _ordered_nll(host, task, order, o_scheds, task_fp)
+        rows += _ordered_rows(task, order, ordered[order], o_points, at(order))
     summary = TaskSummary(task.name, task.description, len(task), tuple(summ["infilled"]), tuple(summ["given"]), n_tokens)
-    return InfillOutcome(rows, _sensitivity(task, runs, nll, n_tokens, host.cfg.sensitivity_z), summary)
+    checks = _sensitivity(task, runs, nll, ordered, n_tokens, host.cfg.sensitivity_z)
+    return InfillOutcome(rows, checks, summary)

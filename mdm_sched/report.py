@@ -515,7 +515,8 @@ def matched_calls_table(results: EvalResults, order: str) -> str:
         any_row = next(iter(cell.values()))
         vals = [_fmt(cell[m].value, cell[m].se) if m in cell else "n/a" for m in metrics_]
         body.append([decoder, setting, _fmt(any_row.calls or 0.0, any_row.calls_se), *vals])
-    header = ["decoder", "T / setting", "mean calls", "recovery", "exact match", "cond. NLL bound [nats/token]",
+    header = ["decoder", "T / setting", "mean calls", "recovery", "exact match",
+              "cond. NLL bound [nats/token]" if order == "random" else "cond. NLL, ordered sampler [nats/token]",
               "cond. NLL M-order [nats/token]"]
     return markdown_table(header, body)
 
@@ -690,7 +691,25 @@ def _infill_orders_text(res: EvalResults) -> str:
     if ranked:
         parts.append(f"{', '.join(ranked).capitalize()} order{'s are' if len(ranked) > 1 else ' is'} greedy "
                      "(temperature 0, as LLaDA users decode).")
+    if ranked and res.config.ordered_nll:
+        parts.append("Under ranked orders the conditional NLL of the truth is the ordered sampler's (its deterministic "
+                     "ranking, temperature-1 draws), by teacher forcing along its own ranking "
+                     "(`mdm_sched.policy.ordered_nll`): the quantity the policy profile's schedule minimises.")
     return " ".join(parts)
+
+
+def _profile_decoders_text(res: EvalResults) -> str:
+    """How the decoders built on the run's other profiles got them (measured on the profile split, never on the
+    evaluated examples), or nothing when none ran."""
+    from .decoders import DECODERS
+
+    extra = [d for d in res.config.infill_decoders if d in DECODERS and DECODERS[d].profile not in (None, "random")]
+    if not extra:
+        return ""
+    return ("; " + "; ".join(f"{d}: {DECODERS[d].description}" for d in extra)
+            + f" (profiles measured on split `{res.config.profile_split}`, policy and self profiles on at most "
+            f"{res.config.profile_walks} of its examples with the most common number of infilled positions; "
+            "optimal_policy runs under ranked orders only)")
 
 
 def _infill_section(res: EvalResults) -> list[str]:
@@ -702,7 +721,8 @@ def _infill_section(res: EvalResults) -> list[str]:
            f"infilled, mean {t.infilled[2]:.1f}; {t.given[2]:.1f} given on average). Fixed schedules are built for "
            f"N = {t.n_tokens} (rows with fewer positions rescale them) at T in {list(res.config.infill_budgets)} plus "
            "1 call and one call per token; optimal and sqrt use the random-order profile read at the same number of "
-           "masked positions. Adaptive rules choose their own calls. " + _infill_orders_text(res)
+           "masked positions" + _profile_decoders_text(res) + ". Adaptive rules choose their own calls. "
+           + _infill_orders_text(res)
            + " Mean calls: calls that revealed a position of the example (what it costs alone), ± SE over examples.",
            "", "### Sensitivity (1 call vs one call per token, paired on the examples)", ""]
     checks = [s for s in res.sensitivity if s.task == t.name]

@@ -104,6 +104,11 @@ class EvalConfig:
         "samples per example for sampled (random-order) infilling; greedy runs are deterministic"))
     infill_sequences: int | None = field(default=None, metadata=_help(
         "infill a random subset of at most this many evaluation sequences ('none': all)"))
+    ordered_nll: bool = field(default=False, metadata=_help(
+        "infilling: also the conditional NLL of the truth under each ranked order (teacher forcing along the "
+        "sampler's own ranking; T forwards per example and fixed schedule)"))
+    profile_walks: int = field(default=32, metadata=_help(
+        "profile-split examples walked by the policy and self profiles (one forward per generated position each)"))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values (tuples as lists)."""

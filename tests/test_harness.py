@@ -11,7 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from mdm_sched import cli, data, harness, report, theory
+import mdm_sched as ms
+from mdm_sched import cli, data, harness, report, schedules, theory
 from mdm_sched.results import (
     CallsSaved,
     Estimate,
@@ -364,4 +365,61 @@ def test_infill_stage_end_to_end_on_sapiens(tmp_path):
     assert EvalResults.load(tmp_path / "results.json") == res
     t0 = time.time()
     again = harness.run_eval(cfg, tmp_path, log=lambda s: None)  # every infill part comes from the cache
+    assert again.rows == res.rows and time.time() - t0 < 60
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("error:the profile behind this schedule")
+def test_profile_decoders_infill_and_unconditional_on_sapiens(tmp_path):
+    """optimal on the region-conditional, policy and self profiles: measured on the profile split, matching the order
+    they run under (no mismatch warning from generate), cached; the policy decoder only under ranked orders."""
+    from mdm_sched import profile_stage
+    from mdm_sched.infill_eval import ProfileSources, load_task
+
+    cfg = harness.EvalConfig(model="sapiens-vh", judge=None, budgets=(2,), schedules=("constant", "optimal_self",
+                             "optimal_policy"), orders=("random", "confidence"), num_samples=2, n_orders=1,
+                             max_eval_sequences=4, path_kl_levels=1, profile_levels=4, profile_tokens_per_level=64,
+                             infill="imgt:27-38", infill_sequences=6, infill_budgets=(2,), infill_samples=1,
+                             infill_decoders=("constant", "optimal", "optimal_region", "optimal_policy", "optimal_self"),
+                             profile_walks=3, batch_size=16, ordered_nll=True)
+    res = harness.run_eval(cfg, tmp_path, log=lambda s: None)
+    rows = [r for r in res.rows_of(res.infill.name) if r.metric == "exact_match"]
+    ran = {(r.order, r.decoder) for r in rows}
+    assert ("random", "optimal_policy") not in ran and ("confidence", "optimal_policy") in ran
+    assert {("random", d) for d in ("optimal_region", "optimal_self")} <= ran
+    assert {("confidence", d) for d in ("optimal_region", "optimal_self")} <= ran
+    ordered = {(r.decoder, r.budget) for r in res.rows_of(res.infill.name) if r.metric == "cond_nll" and r.order == "confidence"}
+    assert ("optimal_policy", 2) in ordered and ("constant", res.infill.n_tokens) in ordered
+    assert res.sensitivity_of("cond_nll", order="confidence", task=res.infill.name) is not None
+    # every extra profile was measured on the profile split, for the order and conditioning it is used with
+    cached = {p.stem: harness.read_json(p, what="cache") for p in (tmp_path / "cache" / "profiles").glob("*.json")}
+    assert set(cached) == {"region", "region-policy-confidence", "region-self-random", "region-self-confidence",
+                           "unconditional-self-random", "unconditional-self-confidence",
+                           "unconditional-policy-confidence"}
+    profiles = {k: ms.InformationProfile.from_dict(v["profile"]) for k, v in cached.items()}
+    assert profiles["region-policy-confidence"].kind == "policy" and profiles["region"].kind == "random"
+    assert profiles["region-self-confidence"].source == "self" and profiles["region-self-confidence"].order == "confidence"
+    assert {p.conditioning for k, p in profiles.items() if k.startswith("region")} == {"infill"}
+    assert {p.conditioning for k, p in profiles.items() if k.startswith("unconditional")} == {"none"}
+    model = ms.load_masked_lm("sapiens-vh")
+    train = profile_stage.task_examples(load_task(cfg, model, split=cfg.profile_split))
+    evaluated = load_task(cfg, model)
+    assert profiles["region"].metadata["data_sha256"] == train.sha256  # the profile split, not the evaluated examples
+    assert train.sha256 != profile_stage.task_examples(evaluated).sha256
+    walked = profile_stage.equal_length(train, cfg.profile_walks, cfg.seed)
+    assert len(walked) == 3 and len(set(walked.n_targets.tolist())) == 1
+    assert profiles["region-policy-confidence"].metadata["data_sha256"] == walked.sha256
+    # the decoder's schedule is the table DP on the policy profile at the task's length
+    src = ProfileSources(type("Host", (), {"cfg": cfg, "model": model})(), np.zeros(1))
+    assert src.walked().sha256 == walked.sha256
+    n = res.infill.n_tokens
+    want = schedules.optimal(profiles["region-policy-confidence"], 2, n_tokens=n)
+    assert want.metadata["profile_order"] == "confidence" and want.metadata["profile_conditioning"] == "infill"
+    # unconditional: optimal_self under both orders, optimal_policy under confidence only
+    unc = {(r.order, r.decoder) for r in res.rows_of() if r.metric == "js2"}
+    assert ("random", "optimal_policy") not in unc
+    assert {("random", "optimal_self"), ("confidence", "optimal_self"), ("confidence", "optimal_policy")} <= unc
+    assert {r.decoder for r in res.rows_of() if r.metric == "bound"} == {"constant", "optimal_self"}
+    t0 = time.time()
+    again = harness.run_eval(cfg, tmp_path, log=lambda s: None)  # every profile comes from the cache
     assert again.rows == res.rows and time.time() - t0 < 60

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -245,3 +247,63 @@ def test_calls_per_example_and_alignment():
     seqs = torch.tensor([[9, 9, 1, 2, 3], [4, 5, 6, 7, 8]])
     ids, steps = _aligned(seqs, reveal, torch.tensor([3, 5]))
     assert ids.tolist() == [[1, 2, 3, 3, 3], [4, 5, 6, 7, 8]] and steps[0, :3].tolist() == [1, 3, 0]
+
+
+# ---------------------------------------------------------------------------------------------- profile decoders
+
+class _Host:
+    """The part of a harness run the infilling stage and the profile stages use, on an exact oracle."""
+
+    def __init__(self, model, cache, **cfg):
+        from mdm_sched.results import EvalConfig
+
+        self.model, self.cache, self.forward_rows, self.names = model, cache, 0, []
+        self.cfg = EvalConfig(profile_levels=5, profile_tokens_per_level=200, batch_size=64, profile_walks=40, **cfg)
+
+    def stage(self, name, file, fingerprint, compute, *, eval_subset=True):
+        from mdm_sched.harness import cached_stage
+
+        self.names.append(name)
+        return cached_stage(self.cache / file, fingerprint, compute)
+
+
+def test_profile_decoders_use_the_profile_of_their_order_and_warn_about_nothing(tmp_path):
+    from mdm_sched import decoders, profile_stage
+    from mdm_sched.infill_eval import ProfileSources, _context, _ordered_nll_of
+
+    oracle = TabularOracle.random(vocab_size=3, n_tokens=6, concentration=0.3, seed=5)
+    host = _Host(oracle, tmp_path, infill_decoders=("constant", "optimal_region", "optimal_policy", "optimal_self"))
+    train = tasks.random_spans(oracle.sample(60, generator=_gen(0)).tolist(), 4, seed=0)
+    evaluated = tasks.random_spans(oracle.sample(12, generator=_gen(1)).tolist(), 4, seed=1)
+    src = ProfileSources(host, np.linspace(1.0, 0.5, 6))
+    src._train = profile_stage.task_examples(train)  # the harness builds it on the profile split (load_task)
+    ctx = {o: _context(src, 4, o) for o in ("random", "confidence")}
+    assert set(ctx["random"].curves) == {"region", "self"} and not ctx["random"].profiles  # no policy decoder there
+    policy, own = ctx["confidence"].profiles["policy"], ctx["confidence"].profiles["self"]
+    assert policy.kind == own.kind == "policy" and policy.order == own.order == "confidence"
+    assert policy.conditioning == own.conditioning == "infill" and own.source == "self"
+    assert not decoders.get_decoder("optimal_policy").runs_under("random")
+    rule = decoders.get_decoder("optimal_policy").rule(ctx["confidence"], 2)
+    assert rule.sizes == schedules.optimal_blocks(policy.block_costs(4), 2).sizes  # the table DP on its block costs
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every schedule's profile matches the order and conditioning it runs with
+        for order, temperature in (("random", 1.0), ("confidence", 0.0)):
+            for name in host.cfg.infill_decoders:
+                if decoders.get_decoder(name).runs_under(order):
+                    ms.generate(oracle, evaluated.prompts(oracle.mask_token_id), gen_length=0, order=order,
+                                schedule=decoders.get_decoder(name).rule(ctx[order], 2), temperature=temperature,
+                                generator=_gen(2))
+    # cached: asking again measures nothing
+    before = host.forward_rows
+    _context(src, 4, "confidence")
+    assert host.forward_rows == before
+    # the ordered conditional NLL with one token per call is the exact conditional NLL of the truth (any order)
+    nll = _ordered_nll_of(host, evaluated, schedules.constant(4, 4), "confidence")
+    seqs = oracle.all_sequences()
+    for i, x in enumerate(evaluated.ids):
+        ctx_pos = evaluated.given[i]
+        same = (seqs[:, ctx_pos] == x[ctx_pos]).all(1)
+        exact = -math.log(float(oracle.probs[oracle.index_of(x.unsqueeze(0))]) / float(oracle.probs[same].sum())) / 4
+        assert nll[i] == pytest.approx(exact, abs=1e-5)
+    one = _ordered_nll_of(host, evaluated, schedules.constant(4, 1), "confidence")
+    assert sum(one) > sum(nll)  # the marginals lose what the chain rule knows
