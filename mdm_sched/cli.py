@@ -526,24 +526,22 @@ def _save_json_value(value: Schedule | InformationProfile, out: str) -> str:
 # mdm-sched eval / mdm-sched demo: one flag per EvalConfig field, so a flag cannot drift from the config
 # ------------------------------------------------------------------------------------------------
 
-def _positive_ints(text: str) -> tuple[int, ...]:
+def _number_list(text: str, cast: Callable[[str], float], minimum: float, what: str) -> tuple:
     try:
-        vals = tuple(int(v) for v in text.replace(",", " ").split())
+        vals = tuple(cast(v) for v in text.replace(",", " ").split())
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
-    if not vals or min(vals) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from exc
+    if not vals or min(vals) < minimum:
+        raise argparse.ArgumentTypeError(f"expected {'positive' if minimum else 'non-negative'} {what}, got {text!r}")
     return vals
+
+
+def _positive_ints(text: str) -> tuple[int, ...]:
+    return _number_list(text, int, 1, "integers")
 
 
 def _floats(text: str) -> tuple[float, ...]:
-    try:
-        vals = tuple(float(v) for v in text.replace(",", " ").split())
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
-    if not vals or min(vals) < 0:
-        raise argparse.ArgumentTypeError(f"expected non-negative numbers, got {text!r}")
-    return vals
+    return _number_list(text, float, 0, "numbers")
 
 
 def _names(text: str) -> tuple[str, ...]:

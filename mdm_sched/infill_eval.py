@@ -19,13 +19,14 @@ import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from . import metrics
 from .decoders import POLICY_PROFILE, RANDOM_PROFILE, REGION_PROFILE, SELF_PROFILE, Decoder, DecoderContext, get_decoder
+from .profile_stage import Payload, StageHost, equal_length, policy_profile, region_profile, self_profile, task_examples
 from .results import Estimate, PairedDiff, ResultRow, SensitivityCheck, TaskSummary
 from .rules import RevealRule
 from .schedules import Schedule
@@ -45,19 +46,6 @@ NLL_METRICS = ("cond_nll", "cond_nll_M")
 INFILL_METRICS = SAMPLE_METRICS + NLL_METRICS
 #: the decoder every other one is compared with (LLaDA's default schedule)
 BASELINE = "constant"
-Payload = dict[str, Any]
-
-
-class StageHost(Protocol):
-    """What the stage needs from the harness run: the model, the settings, a cache and a cost counter."""
-
-    model: MaskedLM
-    cfg: EvalConfig
-    forward_rows: int
-
-    def stage(self, name: str, file: str, fingerprint: Mapping[str, object], compute: Callable[[], Payload], *,
-              eval_subset: bool = True) -> Payload:
-        ...
 
 
 @dataclass
@@ -112,7 +100,6 @@ class ProfileSources:
 
     def train(self) -> Examples:
         """The task built on the profile split (never the evaluation examples), as examples."""
-        from .profile_stage import task_examples
 
         if self._train is None:
             self._train = task_examples(load_task(self.host.cfg, self.host.model, split=self.host.cfg.profile_split))
@@ -120,25 +107,21 @@ class ProfileSources:
 
     def walked(self) -> Examples:
         """The profile split's examples that policy and self profiles walk (equal lengths, ``profile_walks`` at most)."""
-        from .profile_stage import equal_length
 
         return equal_length(self.train(), self.host.cfg.profile_walks, self.host.cfg.seed)
 
 
 def _region(src: ProfileSources, n: int, order: str) -> np.ndarray:
-    from .profile_stage import region_profile
 
     return region_profile(src.host, src.train()).curve(n)
 
 
 def _policy(src: ProfileSources, n: int, order: str) -> InformationProfile:
-    from .profile_stage import policy_profile
 
     return policy_profile(src.host, src.walked(), order, label="region")
 
 
 def _self(src: ProfileSources, n: int, order: str) -> np.ndarray | InformationProfile:
-    from .profile_stage import self_profile
 
     prof = self_profile(src.host, src.walked(), order, label="region")
     return prof if prof.kind == "policy" else prof.curve(n)
@@ -271,7 +254,6 @@ def _ordered_nll_of(host: StageHost, task: InfillTask, sched: Schedule, order: s
     """Per example: ``-log q(truth | context) / n`` of the deterministic ``order`` sampler with ``sched`` (rows with
     ``n`` targets reveal ``sched.transfer_counts(n)`` per call, as generate() does), by teacher forcing."""
     from .policy import ordered_nll
-    from .profile_stage import task_examples
 
     ex, out = task_examples(task), np.zeros(len(task))
     for n in sorted(set(task.n_targets.tolist())):

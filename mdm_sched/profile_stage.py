@@ -37,8 +37,9 @@ __all__ = ["task_examples", "equal_length", "region_profile", "policy_profile", 
 Payload = dict[str, Any]
 
 
-class ProfileHost(Protocol):
-    """What a profile stage needs from the harness run (a subset of :class:`mdm_sched.infill_eval.StageHost`)."""
+class StageHost(Protocol):
+    """What a harness stage (profiles here, infilling in :mod:`mdm_sched.infill_eval`) needs from the run: the
+    model, the settings, a cache and a cost counter."""
 
     model: MaskedLM
     cfg: EvalConfig
@@ -79,7 +80,7 @@ def _fingerprint(ex: Examples) -> dict[str, object]:
     return {"examples": len(ex), "sha": ex.sha256, "kind": ex.kind}
 
 
-def _cached(host: ProfileHost, name: str, fp: Mapping[str, object], compute: Callable[[], InformationProfile]
+def _cached(host: StageHost, name: str, fp: Mapping[str, object], compute: Callable[[], InformationProfile]
             ) -> InformationProfile:
     from .profile import InformationProfile
 
@@ -94,7 +95,7 @@ def _cached(host: ProfileHost, name: str, fp: Mapping[str, object], compute: Cal
     return InformationProfile.from_dict(hit["profile"])
 
 
-def region_profile(host: ProfileHost, ex: Examples) -> InformationProfile:
+def region_profile(host: StageHost, ex: Examples) -> InformationProfile:
     """The random-order profile conditioned on the task's context, measured on ``ex`` (the profile split's task)."""
     import mdm_sched as ms
 
@@ -106,7 +107,7 @@ def region_profile(host: ProfileHost, ex: Examples) -> InformationProfile:
         f"{ex.description}"))
 
 
-def policy_profile(host: ProfileHost, ex: Examples, order: str, *, label: str) -> InformationProfile:
+def policy_profile(host: StageHost, ex: Examples, order: str, *, label: str) -> InformationProfile:
     """The ``order`` policy profile on ``ex`` (equal numbers of generated positions), one walk per example."""
     import mdm_sched as ms
 
@@ -117,7 +118,7 @@ def policy_profile(host: ProfileHost, ex: Examples, order: str, *, label: str) -
         progress=False, data_description=f"{cfg.data}:{cfg.profile_split}, {ex.description}"))
 
 
-def self_profile(host: ProfileHost, ex: Examples, order: str, *, label: str) -> InformationProfile:
+def self_profile(host: StageHost, ex: Examples, order: str, *, label: str) -> InformationProfile:
     """The self profile of ``order``: one sample of the model's N-call sampler per example of ``ex`` (its context
     kept, its generated positions resampled), then the profile of ``order`` on the samples."""
     import mdm_sched as ms
