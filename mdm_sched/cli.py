@@ -579,7 +579,7 @@ def _field_flag(parser: argparse.ArgumentParser, field: dataclasses.Field, hint:
                         metavar=field.name.upper(), help=help_text)
 
 
-def _add_run_arguments(parser: argparse.ArgumentParser, base: EvalConfig, out: str, threads: int | None) -> None:
+def _add_run_arguments(parser: argparse.ArgumentParser, base: EvalConfig, out: str) -> None:
     from mdm_sched.results import EvalConfig
 
     hints = typing.get_type_hints(EvalConfig)
@@ -589,8 +589,9 @@ def _add_run_arguments(parser: argparse.ArgumentParser, base: EvalConfig, out: s
                         help="no judge model (same as --judge none)")
     parser.add_argument("--out", default=None, help=f"output folder: report, plots, numbers, caches for resuming "
                                                     f"(default: {out})")
-    parser.add_argument("--threads", type=_at_least(1), default=threads,
-                        help=f"torch CPU threads for this command (1 is fastest on a busy machine; default: {threads})")
+    parser.add_argument("--threads", type=_at_least(1), default=None,
+                        help="torch CPU threads for this command (default: torch's, one per core; 1 is fastest on a "
+                             "machine busy with other jobs)")
 
 
 def _config_from(args: argparse.Namespace, base: EvalConfig) -> EvalConfig:
@@ -609,7 +610,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``mdm-sched eval``: every :class:`~mdm_sched.results.EvalConfig` field, ``--out``, ``--threads``."""
     from mdm_sched.results import EvalConfig
 
-    _add_run_arguments(parser, EvalConfig(), "mdm_sched_eval", None)
+    _add_run_arguments(parser, EvalConfig(), "mdm_sched_eval")
 
 
 def eval_command(args: argparse.Namespace) -> int:
@@ -626,7 +627,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="Sapiens VH, smaller sizes, infilling IMGT 27-65 (about 2 minutes; defaults of "
                              "mdm_sched.harness.DEMO_QUICK instead of those shown below)")
-    _add_run_arguments(parser, DEMO_FULL, "mdm_sched_demo (--quick: mdm_sched_demo_quick)", 1)
+    _add_run_arguments(parser, DEMO_FULL, "mdm_sched_demo (--quick: mdm_sched_demo_quick)")
 
 
 def demo_command(args: argparse.Namespace) -> int:
