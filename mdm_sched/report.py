@@ -559,7 +559,9 @@ def infill_findings(results: EvalResults) -> list[str]:
                 out.append(f"Infilling {task.name}, order={order}, {_meta(metric)[0]}: the largest saving against "
                            f"{BASELINE} is {best.decoder} ({_calls_saved_text(best)[0]} calls for {BASELINE}'s quality "
                            f"at T={best.reference_budget}, reached with {best.reference_calls or best.reference_budget:.3g}"
-                           f" mean calls: {words} fewer; {goal} the {GOAL_RATIO:g}x goal).")
+                           f" mean calls: {words} fewer; {goal} the {GOAL_RATIO:g}x goal as a point estimate on "
+                           "monotone fits, without error bars: the per-decoder values and their SE above say whether "
+                           "the difference exceeds the noise).")
             elif saved:
                 out.append(f"Infilling {task.name}, order={order}, {_meta(metric)[0]}: no decoder reaches {BASELINE}'s "
                            "quality with fewer calls at any reference budget.")
