@@ -643,11 +643,12 @@ def _other_orders_section(res: EvalResults) -> list[str]:
 
 
 def _sensitivity_section(res: EvalResults) -> list[str]:
-    if not res.sensitivity:
+    checks = [s for s in res.sensitivity if s.task == UNCONDITIONAL]  # infilling has its own table, per order
+    if not checks:
         return []
     body = [[_meta(s.metric)[0], _fmt(s.one_call.value, s.one_call.se), _fmt(s.n_step.value, s.n_step.se),
              f"{s.z:.1f}", "yes" if s.sensitive else "**no: this metric cannot judge schedules here**"]
-            for s in res.sensitivity]
+            for s in checks]
     return ["", "## Is each sample-side metric sensitive at all?", "",
             "1-call sampler (all tokens from their marginals) against the N-step sampler; a metric is "
             f"called sensitive when they differ by more than {res.config.sensitivity_z:g} SE.", "",
