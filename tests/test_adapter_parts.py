@@ -55,7 +55,10 @@ def test_token_policy_resolution_order():
     llada = FAMILIES["llada"]
     assert TokenPolicy.resolve(llada, _plain(cfg)).mask_token_id == 9                       # config
     assert TokenPolicy.resolve(llada, _plain(cfg), CharTokenizer()).mask_token_id == 3      # tokenizer over config
-    assert TokenPolicy.resolve(llada, _plain(cfg), CharTokenizer(), mask_token_id=5).mask_token_id == 5  # explicit
+    with pytest.raises(ValueError, match="contradicts the tokenizer's mask token"):  # explicit vs tokenizer: refused
+        TokenPolicy.resolve(llada, _plain(cfg), CharTokenizer(), mask_token_id=5)
+    forced = TokenPolicy.resolve(llada, _plain(cfg), CharTokenizer(), mask_token_id=5, force_mask_token_id=True)
+    assert forced.mask_token_id == 5  # ... unless the user says so
     assert TokenPolicy.resolve(llada, _plain()).mask_token_id == llada.default_mask_token_id    # family default
     assert TokenPolicy.resolve(llada, _plain(cfg)).eos_token_id == 6                        # first of a list
     with pytest.raises(ValueError, match="mask_token_id=<id>"):
