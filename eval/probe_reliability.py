@@ -133,27 +133,23 @@ def profile_file(**changes: object) -> Path:
     from mdm_sched.profile import InformationProfile
 
     p = InformationProfile([0, 4, 8], [2.0, 1.5, 1.0], [0.1, 0.1, 0.1], n_tokens=10, metadata={"model": "x"})
-    data = p.to_dict()
-    for k, v in changes.items():
-        if v is None:
-            data.pop(k, None)
-        else:
-            data[k] = v
-    path = tmpdir() / "prof.json"
-    path.write_text(json.dumps(data))
-    return path
+    return _edited_json(p.to_dict(), changes, "prof.json")
 
 
 def schedule_file(**changes: object) -> Path:
     from mdm_sched.schedules import Schedule
 
-    data = Schedule([4, 3, 3], name="x").to_dict()
+    return _edited_json(Schedule([4, 3, 3], name="x").to_dict(), changes, "sched.json")
+
+
+def _edited_json(data: dict, changes: dict, name: str) -> Path:
+    """``data`` with ``changes`` applied (``None`` removes the key), written to a fresh temporary file."""
     for k, v in changes.items():
         if v is None:
             data.pop(k, None)
         else:
             data[k] = v
-    path = tmpdir() / "sched.json"
+    path = tmpdir() / name
     path.write_text(json.dumps(data))
     return path
 

@@ -85,21 +85,18 @@ def summarize(profiles: dict[str, ms.InformationProfile], steps: list[int]) -> d
             out["gains"][name] = {t: p.predicted_gain(t) for t in steps if t <= p.n_tokens}
         out["costs"][name] = {t: {"constant": _costs(p, schedules.constant(p.n_tokens, t)),
                                   "optimal": _costs(p, schedules.optimal(p, t))} for t in steps if t <= p.n_tokens}
-    pairs = [("region-policy", "region"), ("policy", "random")]
-    for pol, rnd in pairs:
-        if pol in profiles and rnd in profiles:
-            p, r = profiles[pol], profiles[rnd]
-            out["policy_vs_random"][pol] = {
-                t: {"constant": _costs(p, schedules.constant(p.n_tokens, t)),
-                    "optimal(random-order profile)": _costs(p, schedules.optimal(r, t, n_tokens=p.n_tokens)),
-                    "optimal(policy profile)": _costs(p, schedules.optimal(p, t))} for t in steps if t <= p.n_tokens}
-    for own, held in (("region-self", "region-policy"), ("self", "random")):
-        if own in profiles and held in profiles:
-            s, h = profiles[own], profiles[held]
-            out["self_vs_heldout"][own] = {
-                t: {"constant": _costs(h, schedules.constant(h.n_tokens, t)),
-                    "optimal(self profile)": _costs(h, schedules.optimal(s, t, n_tokens=h.n_tokens)),
-                    "optimal(held-out profile)": _costs(h, schedules.optimal(h, t))} for t in steps if t <= h.n_tokens}
+    # costs on the first profile of each pair, of the optimum built from the other one and from itself
+    comparisons = [("policy_vs_random", "random-order", "policy", [("region-policy", "region"), ("policy", "random")]),
+                   ("self_vs_heldout", "self", "held-out", [("region-policy", "region-self"), ("random", "self")])]
+    for key, other_name, own_name, pairs in comparisons:
+        for judge, other in pairs:
+            if judge in profiles and other in profiles:
+                p, o = profiles[judge], profiles[other]
+                out[key][judge if key == "policy_vs_random" else other] = {
+                    t: {"constant": _costs(p, schedules.constant(p.n_tokens, t)),
+                        f"optimal({other_name} profile)": _costs(p, schedules.optimal(o, t, n_tokens=p.n_tokens)),
+                        f"optimal({own_name} profile)": _costs(p, schedules.optimal(p, t))}
+                    for t in steps if t <= p.n_tokens}
     return out
 
 
