@@ -10,14 +10,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Converted models go to a fresh per-run cache (unless the caller chose one), so the suite never
 # depends on what an earlier run or the user left in ~/.cache/mdm_sched; conversion costs ~7 s.
 if "MDM_SCHED_CACHE" not in os.environ:
+    import atexit
+    import shutil
     import tempfile
 
     os.environ["MDM_SCHED_CACHE"] = tempfile.mkdtemp(prefix="mdm_sched_test_cache_")
+    atexit.register(shutil.rmtree, os.environ["MDM_SCHED_CACHE"], ignore_errors=True)  # ours: removed at exit
 
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+if "OMP_NUM_THREADS" not in os.environ:  # scripts/test_all.sh runs suites side by side with one thread each
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 def pytest_report_header(config):
