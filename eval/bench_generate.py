@@ -211,6 +211,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu", help="process CPU time or wall time")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
+    parser.add_argument("--vocabs", default=None, help="comma-separated vocabulary sizes for the overhead section "
+                        f"(default {','.join(map(str, VOCABS))})")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--worker", choices=["full", "positions"], help=argparse.SUPPRESS)
     parser.add_argument("--order", default="random", help=argparse.SUPPRESS)
@@ -221,6 +223,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     s = _settings(args.quick)
+    if args.vocabs:
+        s["vocabs"] = tuple(int(v) for v in args.vocabs.split(","))
     sections = set(args.sections.split(","))
     results: dict = {"settings": {k: list(v) if isinstance(v, tuple) else v for k, v in s.items()},
                      "threads": torch.get_num_threads(), "clock": args.clock, "repeats": args.repeats}

@@ -11,16 +11,24 @@ draw (:mod:`mdm_sched.draw`) makes its passes over them. Reading a chunk (:meth:
   only them to float32 (bf16 models);
 * checks the values at the never-sampled ids for NaN/+inf, then sets them to ``-inf`` touching only their
   columns (in place: rows of a float32 source are overwritten, so a :class:`LogitRows` owns its source);
-* finds each row's peak with one ``amax`` pass, which the draw needs and which is also the NaN/+inf check of
-  the other ids (both propagate through ``max``; the same error as :meth:`~mdm_sched.models.MaskedLM.logits`).
+* finds the maximum of each block of :data:`BLOCK` ids with one pass; the row's peak (the maximum of those) is
+  what the draw normalises by, and the block maxima locate its argmax without a second pass. The pass is also the
+  NaN/+inf check of the other ids (both propagate through ``max``; the same error as
+  :meth:`~mdm_sched.models.MaskedLM.logits`).
 
 Memory beyond the model's own output is one chunk, however many positions are drawn.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
-__all__ = ["LogitRows", "ChunkBuffers", "NonFiniteLogitsError"]
+__all__ = ["LogitRows", "ChunkBuffers", "NonFiniteLogitsError", "BLOCK", "block_reduce"]
+
+#: Ids per block of a row: block maxima locate the argmax and block sums of probabilities locate a sampled token,
+#: so that only one block per row is searched (LLaDA's 126,464 and the common 32,000 are multiples of 256).
+BLOCK = 256
 
 
 class NonFiniteLogitsError(ValueError):
@@ -45,6 +53,17 @@ class ChunkBuffers:
         if buf is None:
             buf = self._buffers[(name, dtype)] = torch.empty((self.rows, self.vocab), dtype=dtype, device=self.device)
         return buf[:n]
+
+
+def block_reduce(x: torch.Tensor, op: str, width: int = BLOCK) -> torch.Tensor:
+    """``op`` (``"amax"`` or ``"sum"``) over each block of ``width`` ids of ``x [n, V]``: ``[n, ceil(V / width)]``
+    (the last block holds the ``V % width`` ids left over, if any)."""
+    vocab = x.shape[1]
+    main = vocab - vocab % width
+    parts = [getattr(x[:, :main].unflatten(1, (main // width, width)), op)(-1)] if main else []
+    if main < vocab:
+        parts.append(getattr(x[:, main:], op)(-1, keepdim=True))
+    return torch.cat(parts, 1) if len(parts) > 1 else parts[0]
 
 
 def _span_start(index: torch.Tensor) -> int | None:
@@ -128,8 +147,10 @@ class LogitRows:
         elif self.never_mask is not None:
             chunk.masked_fill_(self.never_mask, float("-inf"))
 
-    def read(self, start: int, stop: int, buffers: ChunkBuffers | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rows ``[start, stop)``: (float32 logits ``[n, V]`` with never-sampled ids at ``-inf``, their peak ``[n, 1]``).
+    def read(self, start: int, stop: int,
+             buffers: ChunkBuffers | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rows ``[start, stop)``: (float32 logits ``[n, V]`` with never-sampled ids at ``-inf``, their peak ``[n, 1]``,
+        the maxima of their blocks of :data:`BLOCK` ids ``[n, ceil(V / BLOCK)]``).
 
         With ``buffers``, gathered or converted rows land in its ``"rows"`` buffer (valid until the next read).
 
@@ -143,11 +164,14 @@ class LogitRows:
         elif self.never_mask is not None:
             self._check(chunk.amax(dim=-1))
             self._fill(chunk)
-        peak = chunk.amax(dim=-1, keepdim=True)  # NaN and +inf propagate through max
+        blocks = block_reduce(chunk, "amax")  # NaN and +inf propagate through max
+        peak = blocks.amax(dim=-1, keepdim=True)
         self._check(peak)
-        return chunk, peak
+        return chunk, peak, blocks
 
     def _check(self, peak: torch.Tensor) -> None:
+        if math.isfinite(float(peak.sum())):  # one reduction in the common case; -inf rows are the draw's error
+            return
         if bool((torch.isnan(peak) | (peak == float("inf"))).any()):
             raise NonFiniteLogitsError(f"{self.origin} returned NaN or +inf logits{self.hint}")
 

@@ -8,7 +8,7 @@ from test_models import TinyLLaDA
 
 import mdm_sched as ms
 from mdm_sched import draw as draw_module
-from mdm_sched.draw import SamplingParams, draw_tokens, first_argmax
+from mdm_sched.draw import SamplingParams, draw_tokens, first_argmax, invert_cdf
 from mdm_sched.logit_rows import ChunkBuffers, LogitRows
 
 
@@ -51,11 +51,11 @@ def test_a_float32_span_is_not_copied():
     source = torch.randn(12, 50)
     rows = LogitRows(source, torch.arange(2, 10), _never(50, [1]))
     buffers = ChunkBuffers(4, 50, source.device)
-    chunk, peak = rows.read(0, 4, buffers)
+    chunk, peak, _ = rows.read(0, 4, buffers)
     assert chunk.data_ptr() == source[2].data_ptr()  # a view: the fill wrote into the source
     assert bool(torch.isinf(source[2:6, 1]).all()) and torch.equal(peak, chunk.amax(-1, keepdim=True))
     gathered = LogitRows(source, torch.tensor([7, 3, 5]), None)
-    chunk, _ = gathered.read(0, 3, buffers)
+    chunk, _, _ = gathered.read(0, 3, buffers)
     assert chunk.data_ptr() == buffers.get("rows", 3).data_ptr() and torch.equal(chunk, source[[7, 3, 5]])
 
 
@@ -95,3 +95,36 @@ def test_bf16_model_draws_like_its_float32_logits():
     b = ms.generate(ms.wrap(Upcast(seed=2), positions_only=False), [[1, 2, 3]],
                     generator=torch.Generator().manual_seed(3), **kw)
     assert torch.equal(a.sequences, b.sequences) and torch.equal(a.token_logprobs, b.token_logprobs)
+
+
+@pytest.mark.parametrize("vocab", [7, 256, 600, 1000])
+def test_invert_cdf_is_inversion_of_the_float64_cdf(vocab):
+    """The block-wise inversion returns the id of the full float64 CDF inversion, except where ``u * total`` lies
+    within rounding of a CDF step; ids of weight 0 are never returned, also for u just below 1."""
+    g = torch.Generator().manual_seed(vocab)
+    weights = torch.rand(64, vocab, generator=g) ** 4
+    weights[:, ::3] = 0.0  # zero weights inside blocks
+    weights[:8, vocab // 2:] = 0.0  # whole trailing blocks without weight
+    u = torch.rand(64, generator=g, dtype=torch.float64)
+    u[:16] = 1.0 - 2.0 ** -53
+    tokens, total = invert_cdf(weights, u)
+    cdf = weights.double().cumsum(-1)
+    want = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1).clamp(max=vocab - 1)
+    torch.testing.assert_close(total.squeeze(1), cdf[:, -1], rtol=1e-6, atol=0)
+    assert bool((weights.gather(1, tokens.unsqueeze(1)) > 0).all())
+    near = (cdf - (u * cdf[:, -1]).unsqueeze(1)).abs().amin(-1) < 1e-5 * cdf[:, -1]
+    assert bool(((tokens == want) | near).all()) and int((tokens == want).sum()) >= 48
+
+
+def test_invert_cdf_follows_its_law():
+    """Frequencies over many uniforms match the weights (a chi-square bound that a wrong block or offset fails)."""
+    g = torch.Generator().manual_seed(5)
+    weights = torch.zeros(1, 700)
+    ids = torch.tensor([3, 255, 256, 511, 512, 640, 699])
+    weights[0, ids] = torch.tensor([1.0, 2.0, 3.0, 1.0, 0.5, 2.5, 1.0])
+    u = torch.rand(40_000, generator=g, dtype=torch.float64)
+    tokens, _ = invert_cdf(weights.expand(40_000, -1), u)
+    counts = torch.bincount(tokens, minlength=700)[ids].double()
+    expected = 40_000 * weights[0, ids].double() / weights.sum()
+    assert int(torch.bincount(tokens, minlength=700).sum() - counts.sum()) == 0
+    assert float(((counts - expected) ** 2 / expected).sum()) < 25.0  # chi-square, 6 d.o.f.: p < 3e-4
