@@ -288,7 +288,7 @@ def _ordered_rows(task: InfillTask, order: str, nll: Mapping[str, list[float]], 
         paired = None if base is None else PairedDiff(BASELINE, *_est((v - np.asarray(base)).tolist()))
         c, cs = calls.get((name, t), (float(t), 0.0))
         rows.append(ResultRow("cond_nll", order, name, t, *_est(v.tolist()), calls=c, calls_se=cs, paired=paired,
-                              task=task.name))
+                              task=task.name, per_unit=tuple(v.tolist())))
     return rows
 
 
@@ -324,7 +324,8 @@ def _sample_rows(task: InfillTask, runs: list[_Run]) -> list[ResultRow]:
                 paired = PairedDiff(BASELINE, *_est(d.tolist()))
             rows.append(ResultRow(metric, r.order, r.decoder.name, int(r.value) if r.decoder.fixed else None, v, se,
                                   calls=calls, calls_se=calls_se, paired=paired, task=task.name,
-                                  parameter=None if r.decoder.fixed else r.value))
+                                  parameter=None if r.decoder.fixed else r.value, per_unit=tuple(r.scores[metric]),
+                                  calls_per_unit=tuple(r.scores["calls"])))
     return rows
 
 
@@ -341,7 +342,7 @@ def _nll_rows(task: InfillTask, logq: Mapping[str, list], points: Mapping[str, t
             paired = None if base is None else PairedDiff(BASELINE, *_est((v - per_ex(base).numpy() / n).tolist()))
             c, cs = calls.get((name, t), (float(t), 0.0))
             rows.append(ResultRow(metric, "random", name, t, *_est(v.tolist()), calls=c, calls_se=cs, paired=paired,
-                                  task=task.name))
+                                  task=task.name, per_unit=tuple(v.tolist())))
     return rows
 
 

@@ -103,8 +103,9 @@ def calls_to_match(budgets: Sequence[float], values: Sequence[float], target: fl
 
 
 def write_csv(rows: Iterable[ResultRow], path: PathLike) -> None:
-    """All rows as CSV (union of :meth:`ResultRow.to_dict` keys as columns), atomically."""
-    dicts = [r.to_dict() for r in rows]
+    """All rows as CSV (union of :meth:`ResultRow.to_dict` keys as columns, per-unit lists left to the JSON),
+    atomically."""
+    dicts = [{k: v for k, v in r.to_dict().items() if not isinstance(v, list)} for r in rows]
     keys: list[str] = []
     for r in dicts:
         keys.extend(k for k in r if k not in keys)
@@ -457,8 +458,47 @@ def _saved_against_baseline(results: EvalResults, sel: Sequence[ResultRow], metr
                 continue
             t_star = calls_to_match([p.calls for p in pts], [p.value for p in pts], target, lower)
             out.append(CallsSaved(metric, decoder, BASELINE, int(ref.budget), target, t_star, float(pts[0].calls),
-                                  float(pts[-1].calls), order=order, task=task, reference_calls=float(ref_calls)))
+                                  float(pts[-1].calls), order=order, task=task, reference_calls=float(ref_calls),
+                                  interval=_ratio_interval(base, pts, i, lower)))
     return out
+
+
+#: Resamples of the paired bootstrap behind each calls-saved interval, and its coverage.
+BOOTSTRAP_RESAMPLES = 300
+INTERVAL_LEVEL = 0.9
+
+
+def _curve_at(rows: Sequence[ResultRow], idx: np.ndarray) -> tuple[list[float], list[float]]:
+    """(mean calls, mean value) of each row over the resampled units ``idx``."""
+    calls = [float(np.mean(np.asarray(r.calls_per_unit)[idx])) if r.calls_per_unit else float(r.calls or 0.0)
+             for r in rows]
+    return calls, [float(np.mean(np.asarray(r.per_unit)[idx])) for r in rows]
+
+
+def _ratio_interval(base: Sequence[ResultRow], pts: Sequence[ResultRow], i: int,
+                    lower: bool) -> tuple[float, float] | None:
+    """A paired bootstrap interval of "fewer calls" (the baseline's calls for its fitted value at point ``i`` over
+    the decoder's calls to match it): units (examples) are resampled jointly for every curve and the whole
+    computation is redone. A decoder already matching at its fewest calls counts at that lower bound; one never
+    matching counts as 0. ``None`` when the rows carry no per-unit values of one length."""
+    rows = [*base, *pts]
+    sizes = {len(r.per_unit) for r in rows if r.per_unit is not None}
+    if any(r.per_unit is None for r in rows) or len(sizes) != 1:
+        return None
+    n = sizes.pop()
+    rng = np.random.default_rng(0)
+    ratios = []
+    for _ in range(BOOTSTRAP_RESAMPLES):
+        idx = rng.integers(0, n, n)
+        b_calls, b_vals = _curve_at(base, idx)
+        target = float(monotone_in_calls(b_vals, lower)[i])
+        ref = calls_to_match(b_calls, b_vals, target, lower)
+        ref = b_calls[0] if ref == float("-inf") else ref
+        p_calls, p_vals = _curve_at(pts, idx)
+        t = calls_to_match(p_calls, p_vals, target, lower)
+        ratios.append(ref / p_calls[0] if t == float("-inf") else 0.0 if t == float("inf") else ref / t)
+    lo, hi = np.nanquantile(ratios, [(1 - INTERVAL_LEVEL) / 2, (1 + INTERVAL_LEVEL) / 2])
+    return float(lo), float(hi)
 
 
 def _interpolated(rows: Sequence[ResultRow], calls: float, lower: bool) -> tuple[float, float] | None:
@@ -531,6 +571,19 @@ def _fewer(c: CallsSaved) -> tuple[float, str]:
     return c.ratio, f"{c.ratio:.2f}x"
 
 
+def _established(c: CallsSaved) -> str:
+    """What the bootstrap interval of a saving says about it, in words."""
+    if c.interval is None:
+        return "no interval: the per-decoder values and their SE say whether the difference exceeds the noise"
+    lo, hi = c.interval
+    level = f"{INTERVAL_LEVEL:.0%} paired bootstrap interval {lo:.2f}x – {hi:.2f}x"
+    if lo >= GOAL_RATIO:
+        return f"{level}: the {GOAL_RATIO:g}x goal holds beyond the noise"
+    if lo > 1.0:
+        return f"{level}: fewer calls beyond the noise, the {GOAL_RATIO:g}x goal not established"
+    return f"{level}: within the noise of no saving at all"
+
+
 def _best_saving(saved: Sequence[CallsSaved]) -> CallsSaved | None:
     known = [c for c in saved if np.isfinite(_fewer(c)[0])]
     return max(known, key=lambda c: _fewer(c)[0]) if known else None
@@ -560,8 +613,7 @@ def infill_findings(results: EvalResults) -> list[str]:
                            f"{BASELINE} is {best.decoder} ({_calls_saved_text(best)[0]} calls for {BASELINE}'s quality "
                            f"at T={best.reference_budget}, reached with {best.reference_calls or best.reference_budget:.3g}"
                            f" mean calls: {words} fewer; {goal} the {GOAL_RATIO:g}x goal as a point estimate on "
-                           "monotone fits, without error bars: the per-decoder values and their SE above say whether "
-                           "the difference exceeds the noise).")
+                           f"monotone fits; {_established(best)}).")
             elif saved:
                 out.append(f"Infilling {task.name}, order={order}, {_meta(metric)[0]}: no decoder reaches {BASELINE}'s "
                            "quality with fewer calls at any reference budget.")
@@ -576,9 +628,14 @@ def infill_findings(results: EvalResults) -> list[str]:
 def _infill_saved_table(results: EvalResults) -> str:
     saved = [c for c in results.calls_saved if results.infill is not None and c.task == results.infill.name]
     body = [[c.order, _meta(c.metric)[0], c.decoder, c.reference_budget, _fmt(c.reference_calls or 0.0),
-             _fmt(c.baseline_value), *_calls_saved_text(c), _fewer(c)[1]] for c in saved]
+             _fmt(c.baseline_value), *_calls_saved_text(c), _fewer(c)[1], _interval_text(c)] for c in saved]
     return markdown_table(["order", "metric", "decoder", f"{BASELINE} T", f"{BASELINE}'s calls for its value",
-                           f"{BASELINE}'s value", "calls to match", "calls saved", "fewer calls"], body)
+                           f"{BASELINE}'s value", "calls to match", "calls saved", "fewer calls",
+                           f"{INTERVAL_LEVEL:.0%} bootstrap interval"], body)
+
+
+def _interval_text(c: CallsSaved) -> str:
+    return "n/a" if c.interval is None else f"{c.interval[0]:.2f}x – {c.interval[1]:.2f}x"
 
 
 def data_caveats(config: EvalConfig) -> list[str]:

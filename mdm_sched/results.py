@@ -139,6 +139,10 @@ def _opt_num(value: Any) -> float | None:
     return None if value is None else _num(value)
 
 
+def _opt_nums(values: Any) -> tuple[float, ...] | None:
+    return None if values is None else tuple(_num(v) for v in values)
+
+
 def _strict(obj: Any) -> Any:
     """``obj`` with non-finite floats replaced by strings, so ``json.dumps`` writes strict JSON."""
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -182,6 +186,8 @@ class ResultRow:
     (a fixed schedule makes exactly ``budget`` calls, the default; an adaptive rule reports what it used).
     ``paired``: the difference to a baseline decoder on the same units, when the design pairs them.
     ``parameter``: an adaptive decoder's setting (``tau``, ``gamma``...; ``None`` for fixed schedules).
+    ``per_unit`` / ``calls_per_unit``: the per-unit values behind ``value`` / ``calls`` (infilling: one per example,
+    the mean over its samples, in the same order for every decoder of a task), for paired bootstrap intervals.
     """
 
     metric: str
@@ -195,6 +201,8 @@ class ResultRow:
     paired: PairedDiff | None = None
     task: str = UNCONDITIONAL
     parameter: float | None = None
+    per_unit: tuple[float, ...] | None = None
+    calls_per_unit: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.calls is None:
@@ -212,6 +220,9 @@ class ResultRow:
                        paired_diff_se=float(self.paired.se))
         if self.parameter is not None:
             out["parameter"] = float(self.parameter)
+        for key in ("per_unit", "calls_per_unit"):
+            if getattr(self, key) is not None:
+                out[key] = [float(v) for v in getattr(self, key)]
         return out
 
     @classmethod
@@ -223,7 +234,8 @@ class ResultRow:
         return cls(metric=str(data["metric"]), order=str(data["order"]), decoder=str(data["decoder"]),
                    budget=None if budget is None else int(budget), value=_num(data["value"]), se=_num(data["se"]),
                    calls=_opt_num(data.get("calls")), calls_se=_num(data.get("calls_se", 0.0)), paired=paired,
-                   task=str(data.get("task", UNCONDITIONAL)), parameter=_opt_num(data.get("parameter")))
+                   task=str(data.get("task", UNCONDITIONAL)), parameter=_opt_num(data.get("parameter")),
+                   per_unit=_opt_nums(data.get("per_unit")), calls_per_unit=_opt_nums(data.get("calls_per_unit")))
 
 
 @dataclass(frozen=True)
@@ -282,6 +294,7 @@ class CallsSaved:
     (``lowest_calls``), ``inf`` when it never does up to ``highest_calls``, NaN without finite values.
     ``reference_calls``: the mean calls the baseline made at ``reference_budget`` (``None``: exactly the budget;
     infilling rows with fewer targets make fewer). ``ratio`` = reference calls / calls to match.
+    ``interval``: a 90% paired bootstrap interval of ``ratio`` over the task's units (``None``: not computed).
     """
 
     metric: str
@@ -295,6 +308,7 @@ class CallsSaved:
     order: str = "random"
     task: str = UNCONDITIONAL
     reference_calls: float | None = None
+    interval: tuple[float, float] | None = None
 
     @property
     def ratio(self) -> float:
@@ -313,14 +327,22 @@ class CallsSaved:
                 "reference_budget": int(self.reference_budget), "baseline_value": float(self.baseline_value),
                 "calls_to_match": float(self.calls_to_match), "lowest_calls": float(self.lowest_calls),
                 "highest_calls": float(self.highest_calls), "order": self.order, "task": self.task,
-                "reference_calls": None if self.reference_calls is None else float(self.reference_calls)}
+                "reference_calls": None if self.reference_calls is None else float(self.reference_calls),
+                "interval": None if self.interval is None else [float(v) for v in self.interval]}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CallsSaved:
         return cls(str(data["metric"]), str(data["decoder"]), str(data["baseline"]), int(data["reference_budget"]),
                    _num(data["baseline_value"]), _num(data["calls_to_match"]), _num(data["lowest_calls"]),
                    _num(data["highest_calls"]), str(data.get("order", "random")), str(data.get("task", UNCONDITIONAL)),
-                   _opt_num(data.get("reference_calls")))
+                   _opt_num(data.get("reference_calls")), _interval(data.get("interval")))
+
+
+def _interval(values: Any) -> tuple[float, float] | None:
+    if values is None:
+        return None
+    lo, hi = (_num(v) for v in values)
+    return (lo, hi)
 
 
 @dataclass(frozen=True)

@@ -308,6 +308,44 @@ def test_infill_calls_saved_on_a_synthetic_curve():
     assert "infilled" not in report.summary_table(res)
 
 
+def _bernoulli_rows(decoder: str, points: dict, n: int, rng) -> list[ResultRow]:
+    """Exact-match rows with ``n`` per-example 0/1 values drawn at rate ``p`` for each (calls, p) point."""
+    rows = []
+    for i, (calls, p) in enumerate(points.items()):
+        hits = (rng.random(n) < p).astype(float)
+        fixed = decoder == "constant"
+        rows.append(ResultRow("exact_match", "confidence", decoder, int(calls) if fixed else None, float(hits.mean()),
+                              float(hits.std(ddof=1) / np.sqrt(n)), calls=float(calls), task="imgt1-65",
+                              parameter=None if fixed else float(i), per_unit=tuple(hits),
+                              calls_per_unit=tuple([float(calls)] * n)))
+    return rows
+
+
+@pytest.mark.parametrize("n, threshold_points, verdict", [
+    (2000, {1.5: 0.3, 3.0: 0.5, 5.0: 0.7}, "holds beyond the noise"),  # a real 1.8x saving at T=4
+    (100, {2.0: 0.2, 4.0: 0.4, 8.0: 0.6}, "within the noise"),  # the same curve as constant, other draws
+])
+def test_calls_saved_bootstrap_interval(n, threshold_points, verdict):
+    """Per-example values give each saving a paired bootstrap interval: a real saving on many examples clears the
+    goal, the same law drawn twice on few examples stays within the noise of no saving."""
+    res = _infill_results()
+    rng = np.random.default_rng(1)
+    res.rows = [r for r in res.rows if r.metric != "exact_match"]
+    res.rows += _bernoulli_rows("constant", {1: 0.1, 2: 0.2, 4: 0.4, 8: 0.6, 16: 0.62}, n, rng)
+    res.rows += _bernoulli_rows("threshold", threshold_points, n, rng)
+    saved = [c for c in report.infill_calls_saved(res) if c.metric == "exact_match" and c.reference_budget == 4]
+    (c,) = saved
+    assert c.interval is not None and c.interval[0] <= c.ratio <= c.interval[1]
+    if verdict == "within the noise":
+        assert c.interval[0] < 1.0 < c.interval[1]
+    else:
+        assert c.interval[0] >= 1.3 and c.ratio == pytest.approx(4 / 2.25, rel=0.1)
+    res.calls_saved = report.infill_calls_saved(res)
+    best = next(f for f in report.infill_findings(res) if "largest saving" in f and "exact match" in f)
+    assert verdict in best and "bootstrap interval" in best
+    assert "90% bootstrap interval" in report.render_markdown(res)
+
+
 def test_results_round_trip_with_infill_rows(tmp_path):
     res = _infill_results()
     res.calls_saved = report.infill_calls_saved(res)
