@@ -114,9 +114,9 @@ def _entropy(logits: torch.Tensor, lse: torch.Tensor, work: torch.Tensor) -> tor
     return -terms.masked_fill_(logp == float("-inf"), 0.0).sum(-1)
 
 
-def _block_columns(block: torch.Tensor, vocab: int) -> torch.Tensor:
-    """The ids of block ``block [n, 1]`` (``[n, BLOCK]``, ids past the vocabulary clamped to its last id)."""
-    return (block * BLOCK + torch.arange(BLOCK, device=block.device)).clamp_(max=vocab - 1)
+def _block_ids(block: torch.Tensor) -> torch.Tensor:
+    """The ids of block ``block [n, 1]``: ``[n, BLOCK]`` (those of the last block may pass the vocabulary)."""
+    return block * BLOCK + torch.arange(BLOCK, device=block.device)
 
 
 def first_argmax(logits: torch.Tensor, peak: torch.Tensor, blocks: torch.Tensor | None = None) -> torch.Tensor:
@@ -126,7 +126,7 @@ def first_argmax(logits: torch.Tensor, peak: torch.Tensor, blocks: torch.Tensor 
     if blocks is None:
         blocks = block_reduce(logits, "amax")
     block = blocks.eq(peak).byte().argmax(-1, keepdim=True)
-    cols = _block_columns(block, logits.shape[1])
+    cols = _block_ids(block).clamp_(max=logits.shape[1] - 1)
     return (block * BLOCK).squeeze(1) + logits.gather(1, cols).eq(peak).byte().argmax(-1)
 
 
@@ -145,10 +145,8 @@ def invert_cdf(weights: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, to
     block = torch.minimum(block, last)  # u * total rounded up to the total: the last block with weight
     mass = sums.gather(1, block)
     frac = ((target - (cum.gather(1, block) - mass)) / mass).clamp_(0.0, 1.0 - 2.0 ** -53)
-    cols = _block_columns(block, vocab)
-    within = weights.gather(1, cols).double()
-    within.masked_fill_(block * BLOCK + torch.arange(BLOCK, device=block.device) >= vocab, 0.0)
-    within = within.cumsum_(-1)
+    ids = _block_ids(block)
+    within = weights.gather(1, ids.clamp(max=vocab - 1)).double().masked_fill_(ids >= vocab, 0.0).cumsum_(-1)
     within.div_(within[:, -1:].clone())  # the last entry becomes exactly 1 > frac: the search stays in the block
     return (block * BLOCK + torch.searchsorted(within, frac, right=True)).squeeze(1), cum[:, -1:]
 
