@@ -497,6 +497,8 @@ def _ratio_interval(base: Sequence[ResultRow], pts: Sequence[ResultRow], i: int,
         p_calls, p_vals = _curve_at(pts, idx)
         t = calls_to_match(p_calls, p_vals, target, lower)
         ratios.append(ref / p_calls[0] if t == float("-inf") else 0.0 if t == float("inf") else ref / t)
+    if np.isnan(ratios).all():
+        return None
     lo, hi = np.nanquantile(ratios, [(1 - INTERVAL_LEVEL) / 2, (1 + INTERVAL_LEVEL) / 2])
     return float(lo), float(hi)
 
