@@ -107,11 +107,12 @@ def _logsumexp(logits: torch.Tensor, peak: torch.Tensor, work: torch.Tensor) -> 
     return _exp_shifted(logits, peak, work).sum(dim=-1, keepdim=True).log_().add_(peak)
 
 
-def _entropy(logits: torch.Tensor, lse: torch.Tensor, work: torch.Tensor) -> torch.Tensor:
-    """Entropy of each row's temperature-1 distribution (``0 log 0 = 0`` at never-sampled ids)."""
+def _entropy(logits: torch.Tensor, lse: torch.Tensor, work: torch.Tensor, work2: torch.Tensor) -> torch.Tensor:
+    """Entropy of each row's temperature-1 distribution, in the buffers ``work`` and ``work2`` (``0 log 0 = 0`` at
+    never-sampled ids, where ``p * logp`` is ``0 * -inf = nan``; the logits hold no other NaN, they are checked)."""
     logp = torch.sub(logits, lse, out=work)
-    terms = logp.exp() * logp
-    return -terms.masked_fill_(logp == float("-inf"), 0.0).sum(-1)
+    p = torch.mul(logp, LOG2E, out=work2).exp2_()
+    return -p.mul_(logp).nan_to_num_(0.0).sum(-1)
 
 
 def _block_ids(block: torch.Tensor) -> torch.Tensor:
@@ -179,7 +180,7 @@ def _draw_chunk(logits: torch.Tensor, peak: torch.Tensor, blocks: torch.Tensor, 
         top = (logits.topk(min(2, logits.shape[-1]), dim=-1).values - lse).exp()
         out.margin = top[:, 0] - top[:, 1] if top.shape[1] > 1 else top[:, 0]
     if "entropy" in want:
-        out.entropy = _entropy(logits, lse, work)
+        out.entropy = _entropy(logits, lse, work, buffers.get("work2", n))
     return out
 
 
