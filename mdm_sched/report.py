@@ -468,11 +468,18 @@ BOOTSTRAP_RESAMPLES = 300
 INTERVAL_LEVEL = 0.9
 
 
-def _curve_at(rows: Sequence[ResultRow], idx: np.ndarray) -> tuple[list[float], list[float]]:
+def _unit_arrays(rows: Sequence[ResultRow]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-unit calls and values of each row as ``[rows, units]`` arrays (a row without per-unit calls repeats its
+    mean calls)."""
+    n = len(rows[0].per_unit or ())
+    calls = np.array([r.calls_per_unit if r.calls_per_unit else [float(r.calls or 0.0)] * n for r in rows], float)
+    return calls, np.array([r.per_unit for r in rows], dtype=np.float64)
+
+
+def _curve_at(units: tuple[np.ndarray, np.ndarray], idx: np.ndarray) -> tuple[list[float], list[float]]:
     """(mean calls, mean value) of each row over the resampled units ``idx``."""
-    calls = [float(np.mean(np.asarray(r.calls_per_unit)[idx])) if r.calls_per_unit else float(r.calls or 0.0)
-             for r in rows]
-    return calls, [float(np.mean(np.asarray(r.per_unit)[idx])) for r in rows]
+    calls, values = units
+    return calls[:, idx].mean(1).tolist(), values[:, idx].mean(1).tolist()
 
 
 def _ratio_interval(base: Sequence[ResultRow], pts: Sequence[ResultRow], i: int,
@@ -486,15 +493,16 @@ def _ratio_interval(base: Sequence[ResultRow], pts: Sequence[ResultRow], i: int,
     if any(r.per_unit is None for r in rows) or len(sizes) != 1:
         return None
     n = sizes.pop()
+    base_units, pts_units = _unit_arrays(base), _unit_arrays(pts)
     rng = np.random.default_rng(0)
     ratios = []
     for _ in range(BOOTSTRAP_RESAMPLES):
         idx = rng.integers(0, n, n)
-        b_calls, b_vals = _curve_at(base, idx)
+        b_calls, b_vals = _curve_at(base_units, idx)
         target = float(monotone_in_calls(b_vals, lower)[i])
         ref = calls_to_match(b_calls, b_vals, target, lower)
         ref = b_calls[0] if ref == float("-inf") else ref
-        p_calls, p_vals = _curve_at(pts, idx)
+        p_calls, p_vals = _curve_at(pts_units, idx)
         t = calls_to_match(p_calls, p_vals, target, lower)
         ratios.append(ref / p_calls[0] if t == float("-inf") else 0.0 if t == float("inf") else ref / t)
     if np.isnan(ratios).all():
