@@ -76,6 +76,8 @@ DEMO_QUICK = EvalConfig(model="sapiens-vh", judge=None, budgets=(4, 8, 16), num_
                         infill_decoders=DEFAULT_DECODERS + ("optimal_region", "optimal_policy"), profile_walks=16)
 
 ORDERS = ("random", "confidence", "margin", "entropy")
+#: the examples an infilling task may be built on (EvalConfig.infill_split)
+INFILL_SPLITS = ("eval", "all")
 #: unconditional schedules built on a profile the run measures besides the random-order one
 #: (:mod:`mdm_sched.profile_stage`): the self profile of each order, and the policy profile of each ranked order
 PROFILE_SCHEDULES = ("optimal_self", "optimal_policy")
@@ -359,6 +361,13 @@ def _check_infill_config(cfg: EvalConfig) -> None:
         decoder = get_decoder(name)
         if not getattr(cfg, decoder.grid):
             raise ValueError(f"decoder {name!r} runs at EvalConfig.{decoder.grid}, which is empty")
+    if cfg.infill_split not in INFILL_SPLITS:
+        raise ValueError(f"infill_split must be one of {', '.join(INFILL_SPLITS)}, got {cfg.infill_split!r}")
+    fitted = [name for name in cfg.infill_decoders if get_decoder(name).profile is not None]
+    if cfg.infill_split == "all" and fitted:
+        # their profiles come from the profile split, which 'all' also scores: they would be judged on their own data
+        raise ValueError(f"infill_split='all' scores the profile split too, which decoders {fitted} are fitted on; "
+                         f"drop them from infill_decoders or use infill_split='eval'")
     if not cfg.infill_orders or any(o not in ORDERS for o in cfg.infill_orders):
         raise ValueError(f"infill_orders must be among {', '.join(ORDERS)}, got {cfg.infill_orders!r}")
     if any(isinstance(t, bool) or not isinstance(t, int) or t < 1 for t in cfg.infill_budgets):

@@ -63,13 +63,20 @@ def temperature_of(order: str) -> float:
 
 
 def load_task(cfg: EvalConfig, model: MaskedLM, *, split: str | None = None) -> InfillTask:
-    """``cfg.infill`` on the evaluation split, at most ``cfg.infill_sequences`` examples (a seeded subset); with
-    ``split`` (the profile split, for the profiles conditioned like the task): on that split, every example."""
+    """``cfg.infill`` on the evaluation split (``cfg.infill_split == "all"``: the evaluation split followed by the
+    profile split), at most ``cfg.infill_sequences`` examples (a seeded subset); with ``split`` (the profile split,
+    for the profiles conditioned like the task): on that split, every example."""
     from .data import load_source
     from .tasks import build_task
 
     assert cfg.infill is not None
-    source = load_source(cfg.data, split=split or cfg.eval_split)
+    if split is None and cfg.infill_split == "all":
+        import datasets
+
+        source = datasets.concatenate_datasets([load_source(cfg.data, split=cfg.eval_split),
+                                                load_source(cfg.data, split=cfg.profile_split)])
+    else:
+        source = load_source(cfg.data, split=split or cfg.eval_split)
     alphabet = sorted({t for seq in model.encode(list(source["text"])) for t in seq})
     task = build_task(cfg.infill, source, model.encode, alphabet=alphabet, seed=cfg.seed)
     if split is None and cfg.infill_sequences is not None and len(task) > cfg.infill_sequences:

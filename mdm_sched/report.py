@@ -529,6 +529,8 @@ def optimal_vs_adaptive(results: EvalResults, order: str, metric: str) -> dict[s
     cand = _points_of(sel, CANDIDATE)
     lower = _meta(metric)[1]
     out: dict[str, dict[str, list[float]]] = {}
+    if not cand:  # the run did not compare the candidate on this task: nothing to say
+        return out
     for decoder in dict.fromkeys(r.decoder for r in sel if r.parameter is not None):
         tally: dict[str, list[float]] = {"win": [], "tie": [], "lose": []}
         for p in _points_of(sel, decoder):
@@ -537,7 +539,8 @@ def optimal_vs_adaptive(results: EvalResults, order: str, metric: str) -> dict[s
                 v = verdict(at[0] - p.value, math.hypot(at[1], p.se), lower)
                 if v in tally:
                     tally[v].append(round(float(p.calls or 0.0), 2))
-        out[decoder] = tally
+        if any(tally.values()):  # no setting within the candidate's range of calls: no comparison to report
+            out[decoder] = tally
     return out
 
 
@@ -782,12 +785,19 @@ def _profile_decoders_text(res: EvalResults) -> str:
             "optimal_policy runs under ranked orders only)")
 
 
+def _infill_examples_text(res: EvalResults) -> str:
+    if res.config.infill_split == "all":
+        return (f"sequences of both splits ({res.config.eval_split} and {res.config.profile_split}; the decoders use no "
+                "profile)")
+    return "evaluation sequences"
+
+
 def _infill_section(res: EvalResults) -> list[str]:
     if res.infill is None:
         return []
     t = res.infill
     out = ["", f"## Infilling at matched model calls: {t.name}", "",
-           f"{t.description} on {t.examples} evaluation sequences ({t.infilled[0]:g}-{t.infilled[1]:g} positions "
+           f"{t.description} on {t.examples} {_infill_examples_text(res)} ({t.infilled[0]:g}-{t.infilled[1]:g} positions "
            f"infilled, mean {t.infilled[2]:.1f}; {t.given[2]:.1f} given on average). Fixed schedules are built for "
            f"N = {t.n_tokens} (rows with fewer positions rescale them) at T in {list(res.config.infill_budgets)} plus "
            "1 call and one call per token; optimal and sqrt use the random-order profile read at the same number of "

@@ -104,6 +104,9 @@ class EvalConfig:
         "samples per example for sampled (random-order) infilling; greedy runs are deterministic"))
     infill_sequences: int | None = field(default=None, metadata=_help(
         "infill a random subset of at most this many evaluation sequences ('none': all)"))
+    infill_split: str = field(default="eval", metadata=_help(
+        "examples the infilling task is built on: 'eval' (the evaluation split) or 'all' (both splits: about twice "
+        "the examples, for decoders that use no profile, since profiles are fitted on the profile split)"))
     ordered_nll: bool = field(default=False, metadata=_help(
         "infilling: also the conditional NLL of the truth under each ranked order (teacher forcing along the "
         "sampler's own ranking; T forwards per example and fixed schedule)"))

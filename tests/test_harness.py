@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 import mdm_sched as ms
 from mdm_sched import cli, data, harness, report, schedules, theory
@@ -300,6 +301,10 @@ def test_infill_calls_saved_on_a_synthetic_curve():
     tally = report.optimal_vs_adaptive(res, "confidence", "exact_match")["threshold"]
     # optimal is ~0.35 at 3 calls vs threshold's 0.5 there: optimal loses; at 1.5 and 5 calls too
     assert tally["lose"] == [1.5, 3.0, 5.0] and not tally["win"]
+    # without the candidate on the task (e.g. infill_split='all' runs profile-free decoders only): no tally, no line
+    res.rows = [r for r in res.rows if r.decoder != "optimal"]
+    assert report.optimal_vs_adaptive(res, "confidence", "exact_match") == {}
+    assert not any("optimal at the same mean calls" in f for f in report.infill_findings(res))
     table = report.matched_calls_table(res, "confidence")
     assert "tau=0.7" in table and "n/a" in table  # no conditional NLL for an adaptive rule / greedy order
     md = report.render_markdown(res)
@@ -364,7 +369,10 @@ def test_infill_config_is_checked(tmp_path):
     bad = [({"infill": "cdr3"}, "task spec"), ({"infill": "imgt:27-65", "infill_decoders": ("threshold",)}, "baseline"),
            ({"infill": "imgt:27-65", "infill_decoders": ("constant", "nope")}, "unknown decoder"),
            ({"infill": "imgt:27-65", "thresholds": ()}, "thresholds"),
-           ({"infill": "imgt:27-65", "infill_orders": ("sideways",)}, "infill_orders")]
+           ({"infill": "imgt:27-65", "infill_orders": ("sideways",)}, "infill_orders"),
+           ({"infill": "imgt:27-65", "infill_split": "test"}, "infill_split must be one of eval, all"),
+           # both splits hold the profile split: a decoder fitted on it would be scored on its own data
+           ({"infill": "imgt:27-65", "infill_split": "all"}, r"decoders \['optimal', 'sqrt'\] are fitted on")]
     for kwargs, match in bad:
         with pytest.raises(ValueError, match=match):
             harness.run_eval(harness.EvalConfig(**kwargs), tmp_path)
@@ -404,6 +412,19 @@ def test_infill_stage_end_to_end_on_sapiens(tmp_path):
     t0 = time.time()
     again = harness.run_eval(cfg, tmp_path, log=lambda s: None)  # every infill part comes from the cache
     assert again.rows == res.rows and time.time() - t0 < 60
+
+
+def test_infill_split_all_builds_the_task_on_both_splits():
+    from mdm_sched.data import load_source
+    from mdm_sched.infill_eval import load_task
+
+    model = ms.load_masked_lm("sapiens-vh")
+    cfg = harness.EvalConfig(infill="imgt:27-65", infill_decoders=("constant", "threshold"))
+    every = load_task(dataclasses.replace(cfg, infill_split="all"), model)
+    evaluated, train = load_task(cfg, model), load_task(cfg, model, split=cfg.profile_split)
+    assert len(every) == len(evaluated) + len(train) == len(load_source(cfg.data))
+    assert every.names == evaluated.names + train.names  # the evaluation split first, then the profile split
+    assert torch.equal(every.target[:len(evaluated), :evaluated.target.shape[1]], evaluated.target)
 
 
 @pytest.mark.slow
