@@ -435,7 +435,8 @@ def _infill(run: _Run, results: EvalResults, curve: np.ndarray) -> None:
 def _profile_summary(cfg: EvalConfig, n: int, curve: np.ndarray) -> ProfileSummary:
     return ProfileSummary(ce_first=float(curve[0]), ce_last=float(curve[-1]),
                           bound_n_step=float(_schedules.nll_bound(curve, _schedules.constant(n, n))),
-                          predicted_gain={int(t): float(_schedules.predicted_gain(curve, t)) for t in cfg.budgets})
+                          predicted_gain={int(t): float(_schedules.predicted_gain(curve, t)) for t in cfg.budgets},
+                          predicted_calls={int(t): float(_schedules.predicted_calls_saved(curve, t)) for t in cfg.budgets})
 
 
 def _conclude(results: EvalResults, log: Callable[[str], None]) -> None:

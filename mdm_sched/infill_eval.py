@@ -29,7 +29,7 @@ from .decoders import POLICY_PROFILE, RANDOM_PROFILE, REGION_PROFILE, SELF_PROFI
 from .profile_stage import Payload, StageHost, equal_length, policy_profile, region_profile, self_profile, task_examples
 from .results import Estimate, PairedDiff, ResultRow, SensitivityCheck, TaskSummary
 from .rules import RevealRule
-from .schedules import Schedule
+from .schedules import Schedule, predicted_calls_saved
 
 if TYPE_CHECKING:
     from .conditioning import Examples
@@ -161,6 +161,19 @@ def _context(src: ProfileSources, n_tokens: int, order: str) -> DecoderContext:
     got = {p: PROFILE_SOURCES[p](src, n_tokens, order) for p in sorted(needed)}
     curves = {k: v for k, v in got.items() if isinstance(v, np.ndarray)}
     return DecoderContext(n_tokens, curves, {k: v for k, v in got.items() if not isinstance(v, np.ndarray)}, order)
+
+
+def _predicted_calls(ctxs: Mapping[str, DecoderContext], budgets: tuple[int, ...]) -> dict[str, dict[int, float]]:
+    """For each profile the run's decoders use: the calls its optimal schedule is predicted to save at each budget
+    (:func:`mdm_sched.schedules.predicted_calls_saved`). Random-order curves are keyed by profile name (they do not
+    depend on the run's order), ordering-aware profiles by ``name@order``."""
+    out: dict[str, dict[int, float]] = {}
+    for order, ctx in ctxs.items():
+        sources = {**ctx.curves, **{f"{k}@{order}": v for k, v in ctx.profiles.items()}}
+        for key, src in sources.items():
+            out[key] = {int(t): float(predicted_calls_saved(src, int(t), n_tokens=ctx.n_tokens))
+                        for t in budgets if t <= ctx.n_tokens}
+    return out
 
 
 def _key(*parts: object) -> str:
@@ -399,6 +412,7 @@ def run_infill(host: StageHost, task: InfillTask, full_curve: np.ndarray) -> Inf
         o_scheds, o_points = _fixed_points(host.cfg, ctxs[order], order)
         ordered[order] = _ordered_nll(host, task, order, o_scheds, task_fp)
         rows += _ordered_rows(task, order, ordered[order], o_points, at(order))
-    summary = TaskSummary(task.name, task.description, len(task), tuple(summ["infilled"]), tuple(summ["given"]), n_tokens)
+    summary = TaskSummary(task.name, task.description, len(task), tuple(summ["infilled"]), tuple(summ["given"]), n_tokens,
+                          _predicted_calls(ctxs, host.cfg.infill_budgets))
     checks = _sensitivity(task, runs, nll, ordered, n_tokens, host.cfg.sensitivity_z)
     return InfillOutcome(rows, checks, summary)

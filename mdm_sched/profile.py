@@ -417,6 +417,16 @@ class InformationProfile(PretrainedJSON):
                           "the model barely uses context, so predicted gains are not meaningful", stacklevel=2)
         return _schedules.predicted_gain(self.curve(n_tokens), steps)
 
+    def predicted_calls_saved(self, steps: int, n_tokens: int | None = None) -> float:
+        """How many times fewer calls the optimal ``steps``-call schedule needs than constant for the same bound on
+        the fitted curve (:func:`mdm_sched.schedules.predicted_calls_saved`; 1 means nothing to save)."""
+        if self.rank_ce is not None:
+            return _schedules.predicted_calls_saved(self, steps, n_tokens=n_tokens or self._n_tokens)
+        if self.drop_z < 3.0:
+            warnings.warn(f"the profile drops by only {self.drop_z:.1f} standard errors from no to full context: "
+                          "the model barely uses context, so predicted savings are not meaningful", stacklevel=2)
+        return _schedules.predicted_calls_saved(self.curve(n_tokens), steps)
+
     def bound(self, schedule: _schedules.Schedule | Sequence[int]) -> float:
         """Held-out bound ``NLL_T`` (nats per token) of ``schedule`` on the fitted curve at its length (policy
         profiles: the predicted NLL of the ordered sampler, ``(1/N) sum_t C[K_{t-1}, K_t]``)."""

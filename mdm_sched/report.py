@@ -23,7 +23,7 @@ import numpy as np
 
 from ._io import atomic_write_png, atomic_write_text, new_figure
 from ._types import PathLike
-from .results import UNCONDITIONAL, CallsSaved, Estimate, EvalConfig, EvalResults, ResultRow
+from .results import UNCONDITIONAL, CallsSaved, Estimate, EvalConfig, EvalResults, ProfileSummary, ResultRow, TaskSummary
 
 __all__ = ["METRICS", "CANDIDATE", "BASELINE", "GOAL_RATIO", "verdict", "monotone_in_calls", "calls_to_match",
            "write_csv", "plot_metric", "plot_profile_blocks", "write_metric_plots", "write_report_files", "summary_table",
@@ -689,6 +689,14 @@ def _intro(res: EvalResults) -> list[str]:
     return out
 
 
+def _predicted_calls_text(prof: ProfileSummary) -> str:
+    if not prof.predicted_calls:
+        return ""
+    return (" In calls: constant needs " + ", ".join(f"{g:.2f}x the calls at T={t}" for t, g in
+                                                      prof.predicted_calls.items())
+            + " to reach the optimum's bound (the most any fixed schedule can save on the bound of this profile).")
+
+
 def _profile_section(res: EvalResults) -> list[str]:
     prof = res.profile
     if prof is None:
@@ -696,7 +704,8 @@ def _profile_section(res: EvalResults) -> list[str]:
     return ["", "## Profile and predicted gains", "",
             f"CE(0) = {prof.ce_first:.3f}, CE(N-1) = {prof.ce_last:.3f} nats; N-step bound on the fitted curve = "
             f"{prof.bound_n_step:.4f} nats/token. Predicted gain of the optimum (J(constant)/J(optimal) on the fitted "
-            "curve) per budget: " + ", ".join(f"T={t}: {g:.2f}x" for t, g in prof.predicted_gain.items()) + ".",
+            "curve) per budget: " + ", ".join(f"T={t}: {g:.2f}x" for t, g in prof.predicted_gain.items()) + "."
+            + _predicted_calls_text(prof),
             "", "![profile](profile.png)", *(f"![blocks T={t}](profile_blocks_T{t}.png)" for t in res.config.budgets)]
 
 
@@ -792,6 +801,15 @@ def _infill_examples_text(res: EvalResults) -> str:
     return "evaluation sequences"
 
 
+def _infill_predicted_text(t: TaskSummary) -> str:
+    if not t.predicted_calls:
+        return ""
+    parts = [f"{name}: " + ", ".join(f"{g:.2f}x at T={b}" for b, g in d.items()) for name, d in t.predicted_calls.items()]
+    return (" Calls saved that each profile predicts for its optimal schedule (constant's calls for the optimum's "
+            "value on that profile, over T; the most a fixed schedule can save on the quantity the profile models): "
+            + "; ".join(parts) + ".")
+
+
 def _infill_section(res: EvalResults) -> list[str]:
     if res.infill is None:
         return []
@@ -803,7 +821,8 @@ def _infill_section(res: EvalResults) -> list[str]:
            "1 call and one call per token; optimal and sqrt use the random-order profile read at the same number of "
            "masked positions" + _profile_decoders_text(res) + ". Adaptive rules choose their own calls. "
            + _infill_orders_text(res)
-           + " Mean calls: calls that revealed a position of the example (what it costs alone), ± SE over examples.",
+           + " Mean calls: calls that revealed a position of the example (what it costs alone), ± SE over examples."
+           + _infill_predicted_text(t),
            "", "### Sensitivity (1 call vs one call per token, paired on the examples)", ""]
     checks = [s for s in res.sensitivity if s.task == t.name]
     out.append(markdown_table(["order", "metric", "1 call", "one call per token", "|diff| / SE", "sensitive"],

@@ -350,21 +350,26 @@ def _interval(values: Any) -> tuple[float, float] | None:
 
 @dataclass(frozen=True)
 class ProfileSummary:
-    """The fitted CE curve's ends, the N-step bound on it and the predicted gain of the optimum per budget."""
+    """The fitted CE curve's ends, the N-step bound on it and, per budget, the predicted gain of the optimum
+    (``J(constant) / J(optimal)``) and the calls it predicts the optimum saves on the bound (``predicted_calls``:
+    constant's calls for the same bound over the budget; empty in results written before it existed)."""
 
     ce_first: float
     ce_last: float
     bound_n_step: float
     predicted_gain: dict[int, float]
+    predicted_calls: dict[int, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"ce_first": float(self.ce_first), "ce_last": float(self.ce_last), "bound_n_step": float(self.bound_n_step),
-                "predicted_gain": {str(t): float(g) for t, g in self.predicted_gain.items()}}
+                "predicted_gain": {str(t): float(g) for t, g in self.predicted_gain.items()},
+                "predicted_calls": {str(t): float(g) for t, g in self.predicted_calls.items()}}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ProfileSummary:
         return cls(_num(data["ce_first"]), _num(data["ce_last"]), _num(data["bound_n_step"]),
-                   {int(t): _num(g) for t, g in data["predicted_gain"].items()})
+                   {int(t): _num(g) for t, g in data["predicted_gain"].items()},
+                   {int(t): _num(g) for t, g in data.get("predicted_calls", {}).items()})
 
 
 @dataclass(frozen=True)
@@ -392,7 +397,9 @@ class TaskSummary:
     """The infilling task of a run: what is infilled, on how many examples, and the schedules' nominal length.
 
     ``infilled``/``given``: (min, max, mean) positions per example; ``n_tokens``: the largest number of infilled
-    positions (what the fixed schedules are built for; rows with fewer rescale them).
+    positions (what the fixed schedules are built for; rows with fewer rescale them). ``predicted_calls``: per
+    profile the decoders used (``"region"``, ``"policy@confidence"``...), the calls its optimal schedule is
+    predicted to save at each budget (:func:`mdm_sched.schedules.predicted_calls_saved`).
     """
 
     name: str
@@ -401,16 +408,19 @@ class TaskSummary:
     infilled: tuple[float, float, float]
     given: tuple[float, float, float]
     n_tokens: int
+    predicted_calls: dict[str, dict[int, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "examples": int(self.examples),
-                "infilled": list(self.infilled), "given": list(self.given), "n_tokens": int(self.n_tokens)}
+                "infilled": list(self.infilled), "given": list(self.given), "n_tokens": int(self.n_tokens),
+                "predicted_calls": {k: {str(t): float(v) for t, v in d.items()} for k, d in self.predicted_calls.items()}}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TaskSummary:
         trio = lambda key: tuple(_num(v) for v in data[key])
+        predicted = {k: {int(t): _num(v) for t, v in d.items()} for k, d in data.get("predicted_calls", {}).items()}
         return cls(str(data["name"]), str(data["description"]), int(data["examples"]), trio("infilled"), trio("given"),
-                   int(data["n_tokens"]))
+                   int(data["n_tokens"]), predicted)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ __all__ = [
     "cost",
     "nll_bound",
     "predicted_gain",
+    "predicted_calls_saved",
     "factorization_error",
     "resolve",
     "threshold",
@@ -628,6 +629,31 @@ def predicted_gain(curve: Any, steps: int, *, n_tokens: int | None = None) -> fl
     if j_opt <= 0.0:
         return 1.0 if j_const <= 0.0 else math.inf
     return j_const / j_opt
+
+
+def predicted_calls_saved(curve: Any, steps: int, *, n_tokens: int | None = None) -> float:
+    """``T_c / steps``: the calls the constant schedule needs for the optimal ``steps``-call schedule's cost ``J``
+    (so its bound) over ``steps`` -- the profile's prediction in the unit "x fewer calls at equal quality".
+
+    ``T_c`` is interpolated linearly between the two integer budgets whose constant-schedule costs bracket the
+    optimum's. 1 means constant is already optimal (a nearly linear curve: nothing to save); the ratio of costs at
+    equal calls is :func:`predicted_gain`.
+    """
+    policy = _is_policy(curve)
+    c = None if policy else _as_curve(curve, n_tokens)
+    n = (curve.n_tokens if n_tokens is None else n_tokens) if policy else c.size
+    steps = _check_steps(n, steps)[1]
+    prof = curve if policy else c
+    target = cost(prof, optimal(prof, steps, n_tokens=n if policy else None))
+    prev = cost(prof, constant(n, steps))
+    if prev <= target:
+        return 1.0
+    for t in range(steps + 1, n + 1):
+        j = cost(prof, constant(n, t))
+        if j <= target:  # between t-1 (cost prev > target) and t
+            return (t - 1 + (prev - target) / (prev - j)) / steps
+        prev = j
+    return n / steps  # only one token per call is as good (rounding can leave constant just above the optimum)
 
 
 BUILDERS = ("constant", "linear", "cosine", "geometric", "geometric_tc", "optimal", "sqrt")

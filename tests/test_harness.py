@@ -77,7 +77,7 @@ def _synthetic_results() -> EvalResults:
     sens = [SensitivityCheck("js3", Estimate(0.6, 0.01), Estimate(0.5, 0.01), 7.0, True)]
     return EvalResults(config=cfg, n_tokens=8, data_description="synthetic", rows=rows, sensitivity=sens,
                        profile_data=SplitSummary("train", 10, 1, 2), eval_data=SplitSummary("test", 5, 0, 0),
-                       profile=ProfileSummary(3.0, 1.0, 1.2, {2: 1.3, 4: 1.2}), wall_time_s=1.0)
+                       profile=ProfileSummary(3.0, 1.0, 1.2, {2: 1.3, 4: 1.2}, {2: 1.2, 4: 1.15}), wall_time_s=1.0)
 
 
 def test_summary_table_says_win_tie_lose(tmp_path):
@@ -131,6 +131,10 @@ def test_results_round_trip_through_strict_json(tmp_path):
     assert back.to_json() == text
     assert back.rows[-1] == res.rows[-1] and back.rows[-1].budget is None and back.rows[0].calls == 2.0
     assert back.profile.predicted_gain == {2: 1.3, 4: 1.2} and back.config == res.config
+    assert back.profile.predicted_calls == {2: 1.2, 4: 1.15} and "1.15x the calls at T=4" in report.render_markdown(back)
+    old = json.loads(text)  # results written before predicted_calls existed still load
+    del old["profile"]["predicted_calls"]
+    assert EvalResults.from_json(json.dumps(old)).profile.predicted_calls == {}
     assert math.isnan(back.calls_saved[1].calls_to_match)
     res.save(tmp_path / "results.json")
     assert report.render_markdown(EvalResults.load(tmp_path / "results.json")) == report.render_markdown(res)
@@ -353,12 +357,18 @@ def test_calls_saved_bootstrap_interval(n, threshold_points, verdict):
 
 def test_results_round_trip_with_infill_rows(tmp_path):
     res = _infill_results()
+    res.infill = dataclasses.replace(res.infill, predicted_calls={"region": {2: 1.0, 4: 1.25}})
     res.calls_saved = report.infill_calls_saved(res)
     res.findings = report.infill_findings(res)
     text = res.to_json()
     back = EvalResults.from_json(text)
     assert back == res and back.to_json() == text
     assert back.rows[-1].parameter == 0.9 and back.infill.n_tokens == 60
+    assert back.infill.predicted_calls == {"region": {2: 1.0, 4: 1.25}} and "region: 1.00x at T=2, 1.25x at T=4" in \
+        report.render_markdown(back)
+    old = json.loads(text)  # results written before predicted_calls existed still load
+    del old["infill"]["predicted_calls"]
+    assert EvalResults.from_json(json.dumps(old)).infill.predicted_calls == {}
     assert back.sensitivity_of("exact_match", order="confidence", task="imgt1-65").sensitive
     assert back.sensitivity_of("exact_match") is None  # the unconditional check is another one
     res.save(tmp_path / "results.json")
@@ -408,6 +418,9 @@ def test_infill_stage_end_to_end_on_sapiens(tmp_path):
         {("confidence", m) for m in ("recovery", "exact_match")}
     md = (tmp_path / "report.md").read_text()
     assert "Infilling at matched model calls" in md and (tmp_path / "plot_infill_exact_match_confidence.png").is_file()
+    # optimal's profile (the unconditional curve read at the task's length) predicts its own saving
+    assert set(task.predicted_calls) == {"random"} and set(task.predicted_calls["random"]) == {2}
+    assert task.predicted_calls["random"][2] >= 1.0 and "predicts for its optimal schedule" in md
     assert EvalResults.load(tmp_path / "results.json") == res
     t0 = time.time()
     again = harness.run_eval(cfg, tmp_path, log=lambda s: None)  # every infill part comes from the cache

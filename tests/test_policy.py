@@ -184,7 +184,7 @@ def test_every_kind_gives_an_optimal_schedule(structured_runs):
         assert sched.n_tokens == 6 and sched.steps == 3 and sched.metadata["profile_kind"] == prof.kind
         assert sched.metadata["cost"] == pytest.approx(schedules.cost(prof, sched) if prof.kind == "policy"
                                                        else schedules.cost(prof.curve(), sched))
-        assert prof.predicted_gain(3) >= 1.0
+        assert prof.predicted_gain(3) >= 1.0 and prof.predicted_calls_saved(3) >= 1.0
         assert prof.bound(sched) <= prof.bound(schedules.constant(6, 3)) + 1e-12
     assert schedules.optimal(pol, 3, n_tokens=12).n_tokens == 12  # fractions carry over to other lengths
     costs = pol.block_costs()

@@ -238,6 +238,28 @@ def test_predicted_gains_match_theory_examples():
     assert S.predicted_gain(prof["linear"], 50) == pytest.approx(1.0, abs=0.01)
 
 
+def test_predicted_calls_saved_brackets_the_optimum_and_is_one_on_a_linear_profile():
+    """Constant at T_c = ratio * T calls reaches the optimal T-call cost: T_c lies between the two integer budgets
+    whose constant costs bracket it, interpolated linearly; a linear profile (constant optimal) saves nothing."""
+    for name, curve in smooth_profiles(600).items():
+        for t in (5, 20, 60):
+            ratio = S.predicted_calls_saved(curve, t)
+            if name == "linear":
+                assert ratio == 1.0
+                continue
+            target = S.cost(curve, S.optimal(curve, t))
+            t_c = ratio * t
+            lo, hi = int(np.floor(t_c)), int(np.ceil(t_c))
+            j_lo, j_hi = S.cost(curve, S.constant(600, lo)), S.cost(curve, S.constant(600, hi))
+            assert ratio > 1.0 and j_lo >= target >= j_hi
+            assert j_lo + (t_c - lo) * (j_hi - j_lo) == pytest.approx(target, rel=1e-9)
+            assert all(S.cost(curve, S.constant(600, k)) > target for k in range(t, lo))  # the first crossing
+    # one call per token is the optimum at T = N: nothing to save; the argument is checked like every budget
+    assert S.predicted_calls_saved(smooth_profiles(50)["saturating"], 50) == 1.0
+    with pytest.raises(ValueError, match="steps=51 exceeds n_tokens=50"):
+        S.predicted_calls_saved(smooth_profiles(50)["saturating"], 51)
+
+
 def test_sqrt_rule_within_two_percent_of_dp_on_smooth_profiles():
     # The continuum rule assumes F' is nearly constant within a call: true once T is large enough to
     # resolve the profile's curvature (at T = 10 the saturating profile is 6% off: see the sqrt_rule doc).
