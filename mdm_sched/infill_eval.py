@@ -166,11 +166,14 @@ def _context(src: ProfileSources, n_tokens: int, order: str) -> DecoderContext:
 def _predicted_calls(ctxs: Mapping[str, DecoderContext], budgets: tuple[int, ...]) -> dict[str, dict[int, float]]:
     """For each profile the run's decoders use: the calls its optimal schedule is predicted to save at each budget
     (:func:`mdm_sched.schedules.predicted_calls_saved`). Random-order curves are keyed by profile name (they do not
-    depend on the run's order), ordering-aware profiles by ``name@order``."""
+    depend on the run's order), ordering-aware profiles by ``name@order``. The self profile is left out: it models the
+    distance to the model's own slow sampler, not to the data the task scores."""
     out: dict[str, dict[int, float]] = {}
     for order, ctx in ctxs.items():
         sources = {**ctx.curves, **{f"{k}@{order}": v for k, v in ctx.profiles.items()}}
         for key, src in sources.items():
+            if key.split("@")[0] == SELF_PROFILE:
+                continue
             out[key] = {int(t): float(predicted_calls_saved(src, int(t), n_tokens=ctx.n_tokens))
                         for t in budgets if t <= ctx.n_tokens}
     return out
