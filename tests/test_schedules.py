@@ -254,6 +254,9 @@ def test_predicted_calls_saved_brackets_the_optimum_and_is_one_on_a_linear_profi
             assert ratio > 1.0 and j_lo >= target >= j_hi
             assert j_lo + (t_c - lo) * (j_hi - j_lo) == pytest.approx(target, rel=1e-9)
             assert all(S.cost(curve, S.constant(600, k)) > target for k in range(t, lo))  # the first crossing
+    # in the continuum limit both costs scale as 1/T, so the calls ratio is the cost ratio (docs/theory.md)
+    for name, curve in smooth_profiles(2000).items():
+        assert S.predicted_calls_saved(curve, 50) == pytest.approx(S.predicted_gain(curve, 50), rel=0.07), name
     # one call per token is the optimum at T = N: nothing to save; the argument is checked like every budget
     assert S.predicted_calls_saved(smooth_profiles(50)["saturating"], 50) == 1.0
     with pytest.raises(ValueError, match="steps=51 exceeds n_tokens=50"):
