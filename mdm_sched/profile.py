@@ -410,22 +410,25 @@ class InformationProfile(PretrainedJSON):
         profiles: the ratio of their costs ``J`` (:func:`mdm_sched.schedules.cost`); ``CE_1(K)`` of an ordered
         sampler need not fall, so the flatness check does not apply.
         """
-        if self.rank_ce is not None:
-            return _schedules.predicted_gain(self, steps, n_tokens=n_tokens or self._n_tokens)
-        if self.drop_z < 3.0:
-            warnings.warn(f"the profile drops by only {self.drop_z:.1f} standard errors from no to full context: "
-                          "the model barely uses context, so predicted gains are not meaningful", stacklevel=2)
-        return _schedules.predicted_gain(self.curve(n_tokens), steps)
+        src, n = self._prediction_source(n_tokens)
+        return _schedules.predicted_gain(src, steps, n_tokens=n)
 
     def predicted_calls_saved(self, steps: int, n_tokens: int | None = None) -> float:
         """How many times fewer calls the optimal ``steps``-call schedule needs than constant for the same bound on
-        the fitted curve (:func:`mdm_sched.schedules.predicted_calls_saved`; 1 means nothing to save)."""
+        the fitted curve (:func:`mdm_sched.schedules.predicted_calls_saved`; 1 means nothing to save). Warns like
+        :meth:`predicted_gain`."""
+        src, n = self._prediction_source(n_tokens)
+        return _schedules.predicted_calls_saved(src, steps, n_tokens=n)
+
+    def _prediction_source(self, n_tokens: int | None) -> tuple[Any, int | None]:
+        """(what a prediction is computed on, its length): the profile itself when ordering-aware, else its fitted
+        curve, with a warning when that curve is flat within its error."""
         if self.rank_ce is not None:
-            return _schedules.predicted_calls_saved(self, steps, n_tokens=n_tokens or self._n_tokens)
+            return self, n_tokens or self._n_tokens
         if self.drop_z < 3.0:
             warnings.warn(f"the profile drops by only {self.drop_z:.1f} standard errors from no to full context: "
-                          "the model barely uses context, so predicted savings are not meaningful", stacklevel=2)
-        return _schedules.predicted_calls_saved(self.curve(n_tokens), steps)
+                          "the model barely uses context, so predicted gains are not meaningful", stacklevel=3)
+        return self.curve(n_tokens), None
 
     def bound(self, schedule: _schedules.Schedule | Sequence[int]) -> float:
         """Held-out bound ``NLL_T`` (nats per token) of ``schedule`` on the fitted curve at its length (policy
