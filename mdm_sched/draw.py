@@ -131,6 +131,17 @@ def first_argmax(logits: torch.Tensor, peak: torch.Tensor, blocks: torch.Tensor 
     return (block * BLOCK).squeeze(1) + logits.gather(1, cols).eq(peak).byte().argmax(-1)
 
 
+def runner_up(logits: torch.Tensor, peak: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    """The second-largest logit ``[n, 1]`` of each row (the peak again when it is tied; ``-inf`` for one id), from
+    the block maxima instead of a ``topk(2)`` over every id (6x slower): the larger of the other blocks' maxima and
+    the runner-up inside the first block holding the peak."""
+    block = blocks.eq(peak).byte().argmax(-1, keepdim=True)
+    ids = _block_ids(block)
+    inside = logits.gather(1, ids.clamp(max=logits.shape[1] - 1)).masked_fill_(ids >= logits.shape[1], float("-inf"))
+    others = blocks.scatter(1, block, float("-inf")).amax(-1, keepdim=True)
+    return torch.maximum(inside.topk(2, dim=-1).values[:, 1:], others)
+
+
 def invert_cdf(weights: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(Id ``[n]`` drawn from each row of non-negative ``weights [n, V]`` by inversion with uniforms ``u [n]``, the
     rows' total weight ``[n, 1]`` float64, which must be positive): the block of
@@ -177,8 +188,7 @@ def _draw_chunk(logits: torch.Tensor, peak: torch.Tensor, blocks: torch.Tensor, 
         logp = (logits.gather(-1, tokens.unsqueeze(-1)) - lse).squeeze(-1)
     out = Draw(tokens=tokens, logp=logp)
     if "margin" in want:
-        top = (logits.topk(min(2, logits.shape[-1]), dim=-1).values - lse).exp()
-        out.margin = top[:, 0] - top[:, 1] if top.shape[1] > 1 else top[:, 0]
+        out.margin = ((peak - lse).exp() - (runner_up(logits, peak, blocks) - lse).exp()).squeeze(1)
     if "entropy" in want:
         out.entropy = _entropy(logits, lse, work, buffers.get("work2", n))
     return out

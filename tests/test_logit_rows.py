@@ -8,8 +8,8 @@ from test_models import TinyLLaDA
 
 import mdm_sched as ms
 from mdm_sched import draw as draw_module
-from mdm_sched.draw import SamplingParams, draw_tokens, first_argmax, invert_cdf
-from mdm_sched.logit_rows import ChunkBuffers, LogitRows
+from mdm_sched.draw import SamplingParams, draw_tokens, first_argmax, invert_cdf, runner_up
+from mdm_sched.logit_rows import ChunkBuffers, LogitRows, block_reduce
 
 
 def _never(vocab: int, ids: list[int]) -> torch.Tensor:
@@ -75,6 +75,20 @@ def test_first_argmax_is_argmax_with_ties():
         x[0] = float("-inf")
         x[0, vocab - 1] = 0.0
         assert torch.equal(first_argmax(x, x.amax(-1, keepdim=True)), x.argmax(-1)), vocab
+
+
+def test_runner_up_is_the_second_of_topk_with_ties_and_suppressed_ids():
+    g = torch.Generator().manual_seed(2)
+    for vocab in (1, 2, 7, 255, 256, 257, 1000, 4099):
+        x = torch.randint(-3, 3, (12, vocab), generator=g).float()  # many ties, within and across blocks
+        x[1] = float("-inf")
+        x[1, vocab - 1] = 0.0  # one id left: no runner-up
+        x[2, : vocab // 2] = float("-inf")
+        peak = x.amax(-1, keepdim=True)
+        want = x.topk(2, dim=-1).values[:, 1:] if vocab > 1 else torch.full((12, 1), float("-inf"))
+        if vocab > 1:
+            want[1] = float("-inf")
+        assert torch.equal(runner_up(x, peak, block_reduce(x, "amax")), want), vocab
 
 
 def test_bf16_model_draws_like_its_float32_logits():
