@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import typing
+import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TextIO
 
@@ -457,8 +458,12 @@ def _report_profile(profile: InformationProfile, args: argparse.Namespace, steps
     _print_profile_table(profile)
     for t in steps:
         if 1 <= t <= profile.n_tokens:
-            print(f"predicted gain of the optimal schedule over constant at {t} steps: {profile.predicted_gain(t):.3f}x"
-                  f" (constant needs {profile.predicted_calls_saved(t):.2f}x the calls for the same bound)")
+            gain = profile.predicted_gain(t)
+            with warnings.catch_warnings():  # the same flatness warning as the gain's, just given
+                warnings.simplefilter("ignore", UserWarning)
+                calls = profile.predicted_calls_saved(t)
+            print(f"predicted gain of the optimal schedule over constant at {t} steps: {gain:.3f}x (constant needs "
+                  f"{calls:.2f}x the calls for the same bound)")
 
 
 def _print_profile_table(profile: InformationProfile, file: TextIO | None = None) -> None:
