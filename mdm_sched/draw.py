@@ -120,13 +120,18 @@ def _block_ids(block: torch.Tensor) -> torch.Tensor:
     return block * BLOCK + torch.arange(BLOCK, device=block.device)
 
 
+def _peak_block(blocks: torch.Tensor, peak: torch.Tensor) -> torch.Tensor:
+    """The first block ``[n, 1]`` whose maximum is the row's ``peak``."""
+    return blocks.eq(peak).byte().argmax(-1, keepdim=True)
+
+
 def first_argmax(logits: torch.Tensor, peak: torch.Tensor, blocks: torch.Tensor | None = None) -> torch.Tensor:
     """``logits.argmax(-1)`` (the first maximal id) of rows whose ``peak`` ``[n, 1]`` and, optionally, block maxima
     (:func:`~mdm_sched.logit_rows.block_reduce`) are known, without the slow index-tracking reduction: the first
     block whose maximum is the peak, then the first id in it (a clamped id repeats the last one, found first)."""
     if blocks is None:
         blocks = block_reduce(logits, "amax")
-    block = blocks.eq(peak).byte().argmax(-1, keepdim=True)
+    block = _peak_block(blocks, peak)
     cols = _block_ids(block).clamp_(max=logits.shape[1] - 1)
     return (block * BLOCK).squeeze(1) + logits.gather(1, cols).eq(peak).byte().argmax(-1)
 
@@ -135,7 +140,7 @@ def runner_up(logits: torch.Tensor, peak: torch.Tensor, blocks: torch.Tensor) ->
     """The second-largest logit ``[n, 1]`` of each row (the peak again when it is tied; ``-inf`` for one id), from
     the block maxima instead of a ``topk(2)`` over every id (6x slower): the larger of the other blocks' maxima and
     the runner-up inside the first block holding the peak."""
-    block = blocks.eq(peak).byte().argmax(-1, keepdim=True)
+    block = _peak_block(blocks, peak)
     ids = _block_ids(block)
     inside = logits.gather(1, ids.clamp(max=logits.shape[1] - 1)).masked_fill_(ids >= logits.shape[1], float("-inf"))
     others = blocks.scatter(1, block, float("-inf")).amax(-1, keepdim=True)

@@ -170,9 +170,9 @@ def _predicted_calls(ctxs: Mapping[str, DecoderContext], budgets: tuple[int, ...
     distance to the model's own slow sampler, not to the data the task scores."""
     out: dict[str, dict[int, float]] = {}
     for order, ctx in ctxs.items():
-        sources = {**ctx.curves, **{f"{k}@{order}": v for k, v in ctx.profiles.items()}}
+        sources = {**ctx.curves, **{f"{k}@{order}": v for k, v in ctx.profiles.items() if k != SELF_PROFILE}}
         for key, src in sources.items():
-            if key.split("@")[0] == SELF_PROFILE:
+            if key == SELF_PROFILE or key in out:  # a random-order curve is the same under every order
                 continue
             out[key] = {int(t): float(predicted_calls_saved(src, int(t), n_tokens=ctx.n_tokens))
                         for t in budgets if t <= ctx.n_tokens}
